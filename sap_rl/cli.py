@@ -1,0 +1,67 @@
+"""The ``sap-rl`` command line.
+
+Each domain registers its own sub-commands (``sap_rl.rl.commands``, ``sap_rl.vision.commands``);
+this module only builds the parser and turns user mistakes into a one-line error with exit code 2.
+Heavy imports (torch, gymnasium, stable-baselines3) happen inside the command handlers, so that
+``sap-rl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from sap_rl import __version__
+from sap_rl.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are a single line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full ``sap-rl`` parser with every sub-command registered."""
+    from sap_rl import demo
+    from sap_rl.rl import commands as rl_commands
+    from sap_rl.vision import commands as vision_commands
+
+    parser = _Parser(prog="sap-rl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sap-rl {__version__}")
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (default: WARNING)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    demo.register(subparsers)
+    rl_commands.register(subparsers)
+    vision_commands.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sap-rl`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except UserError as err:
+        print(f"sap-rl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sap-rl: interrupted; finished results are kept and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Atari reinforcement learning: environments, Double DQN, perturbed play and the agent zoo."""

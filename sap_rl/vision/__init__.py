@@ -1,0 +1,1 @@
+"""Image classification on the shared SAP core: data, models, training and evaluation."""
