@@ -1,0 +1,123 @@
+"""CPU kernels for Stochastic Activation Pruning (numba, parallel over the batch).
+
+The caller computes the keep probabilities ``q_j = 1 - (1 - p_j)^r`` with vectorized torch ops;
+these kernels make the random part and write the SAP multiplier ``m`` (same shape, written in
+place of ``q`` is allowed) so that SAP's output is ``h * m``: ``m_j = 1 / q_j`` for a kept element,
+0 otherwise.
+
+Randomness: a counter-based SplitMix64 stream per example, ``u_k = mix(row_key + (k + 1) * golden)``
+with ``row_key = hash(seed, example index)``. Draws depend on the seed only, never on the number
+of threads, and the fast kernel's generator vectorizes (no dependency between draws).
+
+- :func:`fast_fill` keeps element ``j`` independently when ``u_j < q_j``.
+- :func:`exact_fill` makes exactly ``r`` draws with replacement from Categorical(p) per example:
+  the ``r`` uniforms are counting-sorted into ``r`` equal-width buckets (one draw per bucket on
+  average); element ``j`` is hit when the number of draws below its CDF edge grows, which each
+  element finds from its bucket's offset plus a scan of that bucket. A row costs O(a + r) in
+  expectation, with no logarithms, no binary search and no serial merge.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_ONE = np.uint64(1)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S11 = np.uint64(11)
+_INV53 = 1.0 / 9007199254740992.0  # 2**-53
+
+
+@nb.njit(inline="always", cache=True)
+def _mix(z: np.uint64) -> np.uint64:  # pragma: no cover - compiled
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+@nb.njit(inline="always", cache=True)
+def _row_key(seed: np.uint64, row: int) -> np.uint64:  # pragma: no cover - compiled
+    return _mix(seed ^ _mix(np.uint64(row) * _GOLDEN + _GOLDEN))
+
+
+@nb.njit(inline="always", cache=True)
+def _uniform(key: np.uint64, k: int) -> float:  # pragma: no cover - compiled
+    """The ``k``-th uniform of stream ``key``, a float64 in the open interval (0, 1)."""
+    z = _mix(key + (np.uint64(k) + _ONE) * _GOLDEN)
+    return (float(z >> _S11) + 0.5) * _INV53
+
+
+@nb.njit(inline="always", cache=True)
+def _inverse(q: float, cap: float) -> float:  # pragma: no cover - compiled
+    return min(1.0 / q, cap) if q > 0.0 else cap
+
+
+@nb.njit(parallel=True, cache=True)
+def fast_fill(q: np.ndarray, seed: np.uint64, cap: float, out: np.ndarray) -> None:  # pragma: no cover
+    """``out[i, j] = 1 / q[i, j]`` with probability ``q[i, j]``, else 0 (``out`` may be ``q``)."""
+    n_rows, a = q.shape
+    for i in nb.prange(n_rows):
+        key = _row_key(seed, i)
+        for j in range(a):
+            qj = q[i, j]
+            keep = _uniform(key, j) < qj
+            out[i, j] = min(1.0 / qj, cap) if keep else 0.0
+
+
+@nb.njit(parallel=True, cache=True)
+def exact_fill(  # pragma: no cover - compiled
+    h: np.ndarray, q: np.ndarray, r: int, seed: np.uint64, cap: float, out: np.ndarray
+) -> None:
+    """Mark the elements hit by ``r`` draws from Categorical(|h| / sum|h|), then scale by 1/q."""
+    n_rows, a = h.shape
+    for i in nb.prange(n_rows):
+        total = 0.0
+        last = -1
+        for j in range(a):
+            v = abs(h[i, j])
+            total += v
+            if v > 0.0:
+                last = j
+            out[i, j] = 0.0
+        if not (total > 0.0) or not math.isfinite(total):
+            continue
+        key = _row_key(seed, i)
+        # Counting sort of the r uniforms into r equal-width buckets (one per bucket on average).
+        start = np.zeros(r + 2, np.int64)
+        for k in range(r):
+            start[min(int(_uniform(key, k) * r), r - 1) + 1] += 1
+        for b in range(r):
+            start[b + 1] += start[b]
+        start[r + 1] = r
+        fill = start[:r].copy()
+        draws = np.empty(r, np.float64)
+        for k in range(r):
+            u = _uniform(key, k)
+            b = min(int(u * r), r - 1)
+            draws[fill[b]] = u
+            fill[b] += 1
+        # Element j owns [c_{j-1}, c_j) with c_j = cdf_j / total; it is hit when the number of draws
+        # below c_j, N(c_j), exceeds N(c_{j-1}). N(c) = draws in the buckets before c's bucket
+        # (monotone rounding keeps bucket order and value order consistent) + the few draws of
+        # c's own bucket that lie below c. Elements are independent: no serial merge chain.
+        below_prev = 0
+        cdf = 0.0
+        for j in range(last + 1):
+            cdf += abs(h[i, j])
+            if j == last:
+                below = r
+            else:
+                c = cdf / total
+                b = min(int(c * r), r)
+                below = start[b]
+                for k in range(start[b], start[b + 1]):
+                    below += draws[k] < c
+            out[i, j] = _inverse(q[i, j], cap) if below > below_prev else 0.0
+            below_prev = below
