@@ -3,7 +3,8 @@
 For one example and one layer with activations ``h`` (``a`` elements):
 
 - ``p_j = |h_j| / sum_k |h_k|``;
-- draw ``r = round(ratio * a)`` indices **with replacement** from Categorical(p) (SAP-k: ratio = k/100);
+- draw ``r = round(ratio * a)`` indices **with replacement** from Categorical(p)
+  (SAP-k: ratio = k/100);
 - ``out_j = h_j / (1 - (1 - p_j)^r)`` if ``j`` was drawn at least once, else 0,
 
 so that ``E[out] = h`` exactly. Sampling is per example over all non-batch dimensions.
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -40,10 +41,12 @@ from torch import nn
 
 __all__ = [
     "SAP",
+    "ActivationWrapper",
     "SAPActivation",
     "StochasticModule",
     "apply_sap",
     "deterministic",
+    "insert_after_relu",
     "mc_average",
     "num_draws",
     "remove_sap",
@@ -83,7 +86,8 @@ def sap_multiplier(
     pruned elements hold 0.
 
     Example:
-        >>> m = sap_multiplier(torch.tensor([[0.0, 1.0, 3.0]]), 1.0, generator=torch.Generator().manual_seed(0))
+        >>> g = torch.Generator().manual_seed(0)
+        >>> m = sap_multiplier(torch.tensor([[0.0, 1.0, 3.0]]), 1.0, generator=g)
         >>> bool(m[0, 0] == 0)                   # a zero activation is never drawn
         True
     """
@@ -143,8 +147,15 @@ def _validate(x: torch.Tensor, ratio: float, mode: str) -> None:
             f"SAP needs a batch of shape (B, ...) with at least 2 dimensions, got shape "
             f"{tuple(x.shape)}; add a batch dimension with x.unsqueeze(0)"
         )
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
-        raise ValueError(f"SAP ratio must be a finite number > 0 (SAP-k uses ratio = k/100), got {ratio!r}")
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, (int, float))
+        or not math.isfinite(ratio)
+        or ratio <= 0
+    ):
+        raise ValueError(
+            f"SAP ratio must be a finite number > 0 (SAP-k uses ratio = k/100), got {ratio!r}"
+        )
     if mode not in _MODES:
         raise ValueError(f"unknown SAP mode {mode!r}; use 'exact' or 'fast'")
 
@@ -154,7 +165,7 @@ def _seed_from(generator: torch.Generator | None) -> np.uint64:
 
 
 def _keep_prob(flat: torch.Tensor, r: int) -> torch.Tensor:
-    """``q = 1 - (1 - p)^r`` with ``p = |x| / sum|x|`` per row, computed as ``-expm1(r * log1p(-p))``.
+    """``q = 1 - (1 - p)^r``, ``p = |x| / sum|x|`` per row, computed as ``-expm1(r * log1p(-p))``.
 
     float32 (float64 for float64 input); an all-zero row gives q = 0 everywhere. Rows whose sum
     overflows float32 (values near the float limits) are redone in float64.
@@ -273,16 +284,40 @@ class SAP(StochasticModule):
         return f"k={100 * self.ratio:g}, mode={self.mode!r}, enabled={self.enabled}"
 
 
-class SAPActivation(nn.Module):
-    """An activation followed by SAP; what :func:`apply_sap` puts in place of each ``nn.ReLU``."""
+class ActivationWrapper(nn.Module):
+    """An activation followed by a (stochastic) layer; the unit that defenses insert after ReLUs."""
 
-    def __init__(self, activation: nn.Module, sap_layer: SAP) -> None:
+    def __init__(self, activation: nn.Module, layer: nn.Module) -> None:
         super().__init__()
         self.activation = activation
-        self.sap = sap_layer
+        self.layer = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sap(self.activation(x))
+        return self.layer(self.activation(x))
+
+
+class SAPActivation(ActivationWrapper):
+    """A ReLU followed by :class:`SAP`; what :func:`apply_sap` puts in place of each ``nn.ReLU``."""
+
+    layer: SAP
+
+
+def insert_after_relu(model: nn.Module, make: Callable[[nn.ReLU], ActivationWrapper]) -> int:
+    """Replace every ``nn.ReLU`` in ``model`` by ``make(relu)``, in place; returns how many.
+
+    Activations already inside an :class:`ActivationWrapper` are left alone, so defenses never
+    stack twice on one ReLU.
+    """
+    count = 0
+    for name, child in model.named_children():
+        if isinstance(child, ActivationWrapper):
+            continue
+        if isinstance(child, nn.ReLU):
+            setattr(model, name, make(child))
+            count += 1
+        else:
+            count += insert_after_relu(child, make)
+    return count
 
 
 def apply_sap(model: nn.Module, ratio: float = 1.0, mode: str = "exact") -> nn.Module:
@@ -297,15 +332,17 @@ def apply_sap(model: nn.Module, ratio: float = 1.0, mode: str = "exact") -> nn.M
             cannot be seen; use ``nn.ReLU`` modules), or for a bad ratio/mode.
 
     Example:
-        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2), nn.ReLU())
+        >>> net = nn.Sequential(
+        ...     nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2), nn.ReLU()
+        ... )
         >>> len(stochastic_modules(apply_sap(net, 0.5)))
         2
     """
     _validate(torch.zeros(1, 1), ratio, mode)
     existing = [m for m in model.modules() if isinstance(m, SAPActivation)]
     for wrapper in existing:
-        wrapper.sap.ratio, wrapper.sap.mode = float(ratio), mode
-    inserted = _insert(model, ratio, mode)
+        wrapper.layer.ratio, wrapper.layer.mode = float(ratio), mode
+    inserted = insert_after_relu(model, lambda relu: SAPActivation(relu, SAP(ratio, mode)))
     if not existing and inserted == 0:
         raise ValueError(
             f"{type(model).__name__} has no nn.ReLU module to put SAP after; SAP is inserted after "
@@ -314,21 +351,11 @@ def apply_sap(model: nn.Module, ratio: float = 1.0, mode: str = "exact") -> nn.M
     return model
 
 
-def _insert(module: nn.Module, ratio: float, mode: str) -> int:
-    count = 0
-    for name, child in module.named_children():
-        if isinstance(child, SAPActivation):
-            continue
-        if isinstance(child, nn.ReLU):
-            setattr(module, name, SAPActivation(child, SAP(ratio, mode)))
-            count += 1
-        else:
-            count += _insert(child, ratio, mode)
-    return count
-
-
 def remove_sap(model: nn.Module) -> nn.Module:
-    """Undo :func:`apply_sap` in place (each ``SAPActivation`` becomes its ReLU again); returns the model."""
+    """Undo :func:`apply_sap` in place (each ``SAPActivation`` becomes its ReLU again).
+
+    Returns the model.
+    """
     for name, child in model.named_children():
         if isinstance(child, SAPActivation):
             setattr(model, name, child.activation)
@@ -338,7 +365,7 @@ def remove_sap(model: nn.Module) -> nn.Module:
 
 
 def stochastic_modules(model: nn.Module) -> list[StochasticModule]:
-    """All :class:`StochasticModule` layers (SAP, always-on dropout, input noise...) in ``model``."""
+    """All :class:`StochasticModule` layers (SAP, always-on dropout, input noise) in ``model``."""
     return [m for m in model.modules() if isinstance(m, StochasticModule)]
 
 
@@ -381,8 +408,9 @@ def mc_average(
 
     Example:
         >>> net = apply_sap(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)))
-        >>> mc_average(net, torch.randn(4, 3), samples=8, softmax=True).sum(dim=1)
-        tensor([1.0000, 1.0000, 1.0000, 1.0000])
+        >>> probs = mc_average(net, torch.randn(4, 3), samples=8, softmax=True)
+        >>> probs.shape, bool(torch.allclose(probs.sum(dim=1), torch.ones(4)))
+        (torch.Size([4, 2]), True)
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
