@@ -9,10 +9,9 @@ to one :class:`SummaryRow` per (defense, attack, eps):
 - ``normalized`` = (mean - random score) / (dense clean mean - random score).
 
 Example:
-    >>> rows = summarize(
-    ...     [("dense", "fgsm", 0.0, 20.0), ("dense", "fgsm", 0.0, 18.0), ("dense", "fgsm", 1.0, 9.5)],
-    ...     random_score=-20.0,
-    ... )
+    >>> records = [("dense", "fgsm", 0.0, 20.0), ("dense", "fgsm", 0.0, 18.0)]
+    >>> records.append(("dense", "fgsm", 1.0, 9.5))
+    >>> rows = summarize(records, random_score=-20.0)
     >>> [(r.eps, r.mean, round(r.relative, 3), round(r.normalized, 3)) for r in rows]
     [(0.0, 19.0, 1.0, 1.0), (1.0, 9.5, 0.5, 0.756)]
 """
