@@ -1,4 +1,4 @@
-"""sap-rl: Stochastic Activation Pruning and adversarial robustness for DQN agents and classifiers."""
+"""sap-rl: Stochastic Activation Pruning and adversarial robustness for agents and classifiers."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -60,7 +60,9 @@ def _inverse(q: float, cap: float) -> float:  # pragma: no cover - compiled
 
 
 @nb.njit(parallel=True, cache=True)
-def fast_fill(q: np.ndarray, seed: np.uint64, cap: float, out: np.ndarray) -> None:  # pragma: no cover
+def fast_fill(
+    q: np.ndarray, seed: np.uint64, cap: float, out: np.ndarray
+) -> None:  # pragma: no cover
     """``out[i, j] = 1 / q[i, j]`` with probability ``q[i, j]``, else 0 (``out`` may be ``q``)."""
     n_rows, a = q.shape
     for i in nb.prange(n_rows):

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sap-rl", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sap-rl {__version__}")
     parser.add_argument(
-        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging verbosity (default: WARNING)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

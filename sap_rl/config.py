@@ -54,15 +54,20 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "")
         raise TypeError(f"{cls!r} is not a dataclass")
     data = {} if data is None else data
     if not isinstance(data, Mapping):
-        raise UserError(f"config section '{prefix or cls.__name__}': expected a mapping, "
-                        f"got {type(data).__name__}")
+        raise UserError(
+            f"config section '{prefix or cls.__name__}': expected a mapping, "
+            f"got {type(data).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=3)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else (
-                f"; valid keys: {', '.join(sorted(fields))}")
+            hint = (
+                f"; did you mean {' or '.join(repr(c) for c in close)}?"
+                if close
+                else (f"; valid keys: {', '.join(sorted(fields))}")
+            )
             raise UserError(f"unknown config key '{prefix}{key}'{hint}")
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
@@ -102,8 +107,9 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | os.PathLike[str],
-                overrides: Mapping[str, Any] | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None
+) -> T:
     """Load ``cls`` from a YAML file, with ``overrides`` deep-merged on top."""
     data = load_yaml(path)
     if overrides:
@@ -137,7 +143,7 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:  # noqa: PLR0911, C901
+def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -156,8 +162,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:  # noqa: PLR0911, C901
     if origin is typing.Literal:
         if value in args:
             return value
-        raise UserError(f"config key '{key}': expected one of {', '.join(map(repr, args))}, "
-                        f"got {value!r}")
+        raise UserError(
+            f"config key '{key}': expected one of {', '.join(map(repr, args))}, got {value!r}"
+        )
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, prefix=f"{key}.")  # type: ignore[arg-type]
     if tp is bool:

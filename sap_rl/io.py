@@ -68,11 +68,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON (trailing newline) to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file, raising :class:`UserError` with the file name if it is missing or invalid."""
+    """Read a JSON file; :class:`UserError` naming the file if it is missing or invalid."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -91,8 +93,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
-                 metadata: Mapping[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Save a flat name -> tensor mapping as safetensors, atomically (no pickle involved)."""
     from safetensors.torch import save_file
 
@@ -112,7 +117,9 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path}: not a valid safetensors file ({err}); re-export or re-download it") from None
+        raise UserError(
+            f"{path}: not a valid safetensors file ({err}); re-export or re-download it"
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:
