@@ -55,14 +55,16 @@ def _uniform(key: np.uint64, k: int) -> float:  # pragma: no cover - compiled
 
 
 @nb.njit(inline="always", cache=True)
-def _inverse(q: float, cap: float) -> float:  # pragma: no cover - compiled
-    return min(1.0 / q, cap) if q > 0.0 else cap
+def _scale(v: float, q: float, m_cap: float, out_cap: float) -> float:  # pragma: no cover
+    """``1 / q``, capped so that the multiplier and ``|v| / q`` stay finite in the output dtype."""
+    scale = 1.0 / q if q > 0.0 else m_cap
+    return min(scale, m_cap, out_cap / v)
 
 
 @nb.njit(parallel=True, cache=True)
-def fast_fill(
-    q: np.ndarray, seed: np.uint64, cap: float, out: np.ndarray
-) -> None:  # pragma: no cover
+def fast_fill(  # pragma: no cover - compiled
+    h: np.ndarray, q: np.ndarray, seed: np.uint64, m_cap: float, out_cap: float, out: np.ndarray
+) -> None:
     """``out[i, j] = 1 / q[i, j]`` with probability ``q[i, j]``, else 0 (``out`` may be ``q``)."""
     n_rows, a = q.shape
     for i in nb.prange(n_rows):
@@ -70,12 +72,18 @@ def fast_fill(
         for j in range(a):
             qj = q[i, j]
             keep = _uniform(key, j) < qj
-            out[i, j] = min(1.0 / qj, cap) if keep else 0.0
+            out[i, j] = _scale(abs(h[i, j]), qj, m_cap, out_cap) if keep else 0.0
 
 
 @nb.njit(parallel=True, cache=True)
 def exact_fill(  # pragma: no cover - compiled
-    h: np.ndarray, q: np.ndarray, r: int, seed: np.uint64, cap: float, out: np.ndarray
+    h: np.ndarray,
+    q: np.ndarray,
+    r: int,
+    seed: np.uint64,
+    m_cap: float,
+    out_cap: float,
+    out: np.ndarray,
 ) -> None:
     """Mark the elements hit by ``r`` draws from Categorical(|h| / sum|h|), then scale by 1/q."""
     n_rows, a = h.shape
@@ -121,5 +129,6 @@ def exact_fill(  # pragma: no cover - compiled
                 below = start[b]
                 for k in range(start[b], start[b + 1]):
                     below += draws[k] < c
-            out[i, j] = _inverse(q[i, j], cap) if below > below_prev else 0.0
+            kept = below > below_prev
+            out[i, j] = _scale(abs(h[i, j]), q[i, j], m_cap, out_cap) if kept else 0.0
             below_prev = below

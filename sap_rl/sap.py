@@ -82,8 +82,9 @@ def sap_multiplier(
     """The SAP multiplier ``mask * scale`` for ``x``, so that ``sap(x) == x * multiplier``.
 
     Returned as float32 (float64 for float64 input) with the shape of ``x`` and no gradient;
-    kept elements hold ``1 / (1 - (1 - p_j)^r)`` (capped at the dtype's largest finite value),
-    pruned elements hold 0.
+    kept elements hold ``1 / (1 - (1 - p_j)^r)``, pruned elements hold 0. Near the float limits
+    the scale saturates instead of overflowing: it never exceeds the multiplier dtype's largest
+    value, nor makes ``|x_j| * scale`` exceed 99% of the largest value of ``x``'s dtype.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -185,21 +186,26 @@ def _q_from(p: torch.Tensor, total: torch.Tensor, r: int) -> torch.Tensor:
     return p.neg_().log1p_().mul_(r).expm1_().neg_()
 
 
+def _caps(x_dtype: torch.dtype, work_dtype: torch.dtype) -> tuple[float, float]:
+    """Largest multiplier (work dtype) and largest |output| (x's dtype, 1% rounding margin)."""
+    return float(torch.finfo(work_dtype).max), float(torch.finfo(x_dtype).max) * 0.99
+
+
 def _multiplier_cpu(
     flat: torch.Tensor, r: int, mode: str, generator: torch.Generator | None
 ) -> torch.Tensor:
     from sap_rl import _sap_kernels
 
     q = _keep_prob(flat, r).contiguous()
+    h = (flat if flat.dtype == q.dtype else flat.to(q.dtype)).contiguous().numpy()
     q_np = q.numpy()
-    cap = float(torch.finfo(q.dtype).max)
+    m_cap, out_cap = _caps(flat.dtype, q.dtype)
     seed = _seed_from(generator)
     if mode == "exact":
-        h = flat if flat.dtype == q.dtype else flat.to(q.dtype)
         out = np.empty_like(q_np)
-        _sap_kernels.exact_fill(h.contiguous().numpy(), q_np, r, seed, cap, out)
+        _sap_kernels.exact_fill(h, q_np, r, seed, m_cap, out_cap, out)
         return torch.from_numpy(out)
-    _sap_kernels.fast_fill(q_np, seed, cap, q_np)
+    _sap_kernels.fast_fill(h, q_np, seed, m_cap, out_cap, q_np)
     return q
 
 
@@ -228,9 +234,9 @@ def _multiplier_torch(
         drawn = u < keep_prob
     drawn &= (p > 0) & valid
     out_dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
-    cap = torch.finfo(out_dtype).max
-    inv = torch.where(drawn, keep_prob.reciprocal().clamp(max=cap), 0.0)
-    return inv.to(out_dtype)
+    m_cap, out_cap = _caps(flat.dtype, out_dtype)
+    scale = torch.minimum(keep_prob.reciprocal().clamp(max=m_cap), out_cap / work)
+    return torch.where(drawn, scale, 0.0).to(out_dtype)
 
 
 class StochasticModule(nn.Module):

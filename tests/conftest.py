@@ -1,0 +1,57 @@
+"""Shared fixtures: small real data (scikit-learn's digits) and small real models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    torch.manual_seed(0)
+
+
+class DigitsNet(nn.Module):
+    """A small CNN for 8x8 digits in pixel units [0, 255] (ReLUs as modules, for SAP)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x / 255.0))
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled handwritten digits in pixel units, fixed train/test split."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) * (255.0 / 16.0)
+    y = torch.tensor(data.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits: tuple[torch.Tensor, ...]) -> nn.Module:
+    """A DigitsNet trained for a few seconds (about 95% test accuracy)."""
+    x_train, y_train, _, _ = digits
+    torch.manual_seed(0)
+    model = DigitsNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(12):
+        for idx in torch.randperm(len(y_train), generator=generator).split(64):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+            loss.backward()
+            optimizer.step()
+    return model.eval()
