@@ -1,0 +1,251 @@
+"""Tests of the attacks: budgets, mode restoration, agreement with ART, strength ordering, EOT."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sap_rl.attacks import (
+    AttackSpec,
+    fgsm,
+    fgsm_ll,
+    input_gradient,
+    parse_attack,
+    pgd,
+    pgd_ll,
+    predict,
+)
+from sap_rl.errors import UserError
+from sap_rl.sap import apply_sap, stochastic_modules
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int = 1) -> float:
+    return float((predict(model, x, samples=samples).argmax(dim=1) == y).float().mean())
+
+
+def all_attacks(
+    model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "fgsm": fgsm(model, x, eps),
+        "fgsm-eot": fgsm(model, x, eps, samples=4),
+        "fgsm-ll": fgsm_ll(model, x, eps),
+        "pgd": pgd(model, x, eps, steps=3, generator=g),
+        "pgd-eot": pgd(model, x, eps, steps=2, samples=3, generator=g),
+        "pgd-ll": pgd_ll(model, x, eps, steps=3, step_size=2.0),
+    }
+
+
+@pytest.mark.parametrize("eps", [0.5, 4.0, 300.0])
+def test_outputs_stay_in_the_eps_ball_and_pixel_range(
+    digits_model: nn.Module, digits: tuple, eps: float
+) -> None:
+    x = digits[2][:32].clone()
+    x[:, :, 0, 0] = 0.0
+    x[:, :, 0, 1] = 255.0
+    model = apply_sap(copy.deepcopy(digits_model), 1.0)
+    for name, x_adv in all_attacks(model, x, eps).items():
+        assert x_adv.dtype == x.dtype and x_adv.shape == x.shape, name
+        assert float((x_adv - x).abs().max()) <= eps + 1e-4, name
+        assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 255.0, name
+        assert not x_adv.requires_grad, name
+
+
+def test_per_example_eps(digits_model: nn.Module, digits: tuple) -> None:
+    x = digits[2][:6]
+    eps = torch.tensor([0.0, 1.0, 2.0, 4.0, 8.0, 16.0])
+    for name, x_adv in all_attacks(digits_model, x, eps).items():
+        dist = (x_adv - x).abs().flatten(1).amax(dim=1)
+        assert bool((dist <= eps + 1e-4).all()), name
+    assert torch.equal(fgsm(digits_model, x, eps)[0], x[0])
+
+
+def test_attacks_restore_train_eval_flags_and_sap_state(
+    digits_model: nn.Module, digits: tuple
+) -> None:
+    model = apply_sap(copy.deepcopy(digits_model), 0.5)
+    model.train()
+    model.head.eval()  # a mixed state must come back exactly
+    flags = [m.training for m in model.modules()]
+    all_attacks(model, digits[2][:4], 2.0)
+    fgsm(model, digits[2][:4], 2.0, stochastic=False)
+    assert [m.training for m in model.modules()] == flags
+    assert all(m.enabled for m in stochastic_modules(model))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_batch_norm_statistics_are_not_updated() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)
+    )
+    net.train()
+    before = copy.deepcopy(net.state_dict())
+    pgd(net, torch.rand(8, 1, 8, 8) * 255, 8.0, steps=3)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_stochastic_false_attacks_the_dense_network(digits_model: nn.Module, digits: tuple) -> None:
+    x = digits[2][:16]
+    dense = fgsm(digits_model, x, 4.0)
+    defended = apply_sap(copy.deepcopy(digits_model), 1.0)
+    assert torch.equal(fgsm(defended, x, 4.0, stochastic=False), dense)
+    assert not torch.equal(fgsm(defended, x, 4.0), dense)
+
+
+def test_fgsm_matches_adversarial_robustness_toolbox(
+    digits_model: nn.Module, digits: tuple
+) -> None:
+    art = pytest.importorskip("art")
+    from art.attacks.evasion import FastGradientMethod
+    from art.estimators.classification import PyTorchClassifier
+
+    x = digits[2][:64]
+    classifier = PyTorchClassifier(
+        model=digits_model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=(1, 8, 8),
+        nb_classes=10,
+        clip_values=(0.0, 255.0),
+        device_type="cpu",
+    )
+    del art
+    for eps in (1.0, 8.0, 32.0):
+        theirs = FastGradientMethod(classifier, norm=np.inf, eps=eps, targeted=False).generate(
+            x.numpy()
+        )
+        ours = fgsm(digits_model, x, eps)
+        np.testing.assert_allclose(ours.numpy(), theirs, rtol=0, atol=1e-4)
+        # ART, like us, attacks the model's own clean prediction when no label is given.
+        y = digits_model(x).argmax(dim=1)
+        torch.testing.assert_close(fgsm(digits_model, x, eps, target=y), ours)
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm(digits_model: nn.Module, digits: tuple) -> None:
+    x, y = digits[2], digits[3]
+    clean = accuracy(digits_model, x, y)
+    assert clean > 0.9
+    g = torch.Generator().manual_seed(0)
+    for eps in (8.0, 16.0, 32.0):
+        acc_fgsm = accuracy(digits_model, fgsm(digits_model, x, eps, target=y), y)
+        acc_pgd = accuracy(
+            digits_model, pgd(digits_model, x, eps, steps=10, target=y, generator=g), y
+        )
+        assert acc_fgsm < clean
+        assert acc_pgd <= acc_fgsm
+    assert acc_pgd < 0.5 * clean  # eps = 32 grey levels more than halves the accuracy
+
+
+def test_least_likely_attacks_push_toward_the_least_likely_class(
+    digits_model: nn.Module, digits: tuple
+) -> None:
+    x = digits[2][:200]
+    with torch.no_grad():
+        probs = digits_model(x).softmax(dim=1)
+    y_ll = probs.argmin(dim=1)
+
+    def p_ll(batch: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(digits_model(batch).softmax(dim=1).gather(1, y_ll[:, None]).mean())
+
+    base = p_ll(x)
+    step = p_ll(fgsm_ll(digits_model, x, 16.0))
+    iterative = p_ll(pgd_ll(digits_model, x, 16.0, steps=10, step_size=2.0))
+    assert step > base
+    assert iterative > step
+
+
+def test_eot_averages_gradients_and_lowers_their_variance(
+    digits_model: nn.Module, digits: tuple
+) -> None:
+    model = apply_sap(copy.deepcopy(digits_model), 1.0)
+    x = digits[2][:16]
+    y = digits_model(x).argmax(dim=1)
+
+    def spread(samples: int, repeats: int = 24) -> float:
+        grads = torch.stack([input_gradient(model, x, y, samples=samples) for _ in range(repeats)])
+        return float(grads.var(dim=0).mean())
+
+    v1, v16 = spread(1), spread(16)
+    # Averaging k independent draws divides the variance by k; allow a wide band around 1/16.
+    assert v16 < v1 / 6
+    # The attack direction of EOT-16 agrees better with the expected gradient (EOT-256).
+    reference = input_gradient(model, x, y, samples=256).sign()
+    agree1 = float((input_gradient(model, x, y, samples=1).sign() == reference).float().mean())
+    agree16 = float((input_gradient(model, x, y, samples=16).sign() == reference).float().mean())
+    assert agree16 > agree1
+
+
+def test_eot_samples_go_through_the_model_as_one_batch() -> None:
+    calls: list[int] = []
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            return self.net(x)
+
+    model = apply_sap(Counting(), 1.0)
+    x = torch.rand(5, 1, 4, 4) * 255
+    fgsm(model, x, 2.0, samples=8)
+    assert calls == [40, 40]  # clean prediction + one gradient pass, each of 8 x 5 rows
+    calls.clear()
+    fgsm(model, x, 2.0, samples=8, max_batch=20)
+    assert calls == [20, 20, 20, 20]
+
+
+def test_zero_eps_and_target_semantics(digits_model: nn.Module, digits: tuple) -> None:
+    x = digits[2][:8]
+    assert torch.equal(fgsm(digits_model, x, 0.0), x)
+    assert torch.equal(parse_attack("pgd-5").run(digits_model, x, 0.0), x)
+    y = predict(digits_model, x).argmax(dim=1)
+    assert torch.equal(fgsm(digits_model, x, 3.0), fgsm(digits_model, x, 3.0, target=y))
+
+
+def test_same_generator_same_pgd(digits_model: nn.Module, digits: tuple) -> None:
+    x = digits[2][:8]
+    a = pgd(digits_model, x, 4.0, steps=2, generator=torch.Generator().manual_seed(3))
+    b = pgd(digits_model, x, 4.0, steps=2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("name", "spec"),
+    [
+        ("fgsm", AttackSpec("fgsm", "fgsm")),
+        ("FGSM-EOT", AttackSpec("fgsm-eot", "fgsm", eot=True)),
+        ("pgd-10", AttackSpec("pgd-10", "pgd", steps=10)),
+        ("pgd-7-ll-eot", AttackSpec("pgd-7-ll-eot", "pgd", steps=7, least_likely=True, eot=True)),
+        ("fgsm-ll", AttackSpec("fgsm-ll", "fgsm", least_likely=True)),
+    ],
+)
+def test_parse_attack(name: str, spec: AttackSpec) -> None:
+    assert parse_attack(name) == spec
+
+
+@pytest.mark.parametrize("name", ["fgm", "pgd", "pgd-0", "pgd-x", "fgsm-eot-ll", ""])
+def test_parse_attack_rejects_unknown_names(name: str) -> None:
+    with pytest.raises(UserError, match="valid attacks"):
+        parse_attack(name)
+
+
+def test_bad_arguments(digits_model: nn.Module) -> None:
+    x = torch.rand(2, 1, 8, 8) * 255
+    with pytest.raises(ValueError, match="eps must be finite and >= 0"):
+        fgsm(digits_model, x, -1.0)
+    with pytest.raises(ValueError, match="float batch"):
+        fgsm(digits_model, x.to(torch.uint8), 1.0)
+    with pytest.raises(ValueError, match="samples must be"):
+        fgsm(digits_model, x, 1.0, samples=0)
+    with pytest.raises(ValueError, match="steps must be"):
+        pgd(digits_model, x, 1.0, steps=0)
+    with pytest.raises(ValueError, match="one label per example"):
+        fgsm(digits_model, x, 1.0, target=torch.tensor([1, 2, 3]))
