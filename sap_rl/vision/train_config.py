@@ -1,0 +1,133 @@
+"""Typed training configuration for ``sap-rl vision train`` (loaded from ``configs/vision/*.yaml``).
+
+Example:
+    >>> cfg = from_dict(TrainConfig, {"dataset": "digits", "architecture": "digits_cnn",
+    ...                               "schedule": [{"epochs": 3, "lr": 0.1}]})
+    >>> cfg.total_epochs, cfg.lr_at(2), cfg.adversarial.mode
+    (3, 0.1, 'none')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sap_rl.config import from_dict
+
+__all__ = ["AdversarialConfig", "LRStage", "TrainConfig", "from_dict"]
+
+AdversarialMode = Literal["none", "paper", "kurakin"]
+
+
+@dataclass
+class LRStage:
+    """``epochs`` epochs at learning rate ``lr`` (the schedule is a list of stages)."""
+
+    epochs: int
+    lr: float
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"a schedule stage needs epochs >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+
+
+@dataclass
+class AdversarialConfig:
+    """Adversarial training settings (eps in pixel levels).
+
+    Attributes:
+        mode: ``none``; ``paper`` (the SAP paper's ADV model: each minibatch is ``fraction`` FGSM
+            examples made with the previous epoch's model, the rest clean); or ``kurakin``
+            (Kurakin et al. 2017, Algorithm 1).
+        fraction: ``paper``: share of each minibatch replaced by adversarial examples (0.2).
+        eps: ``paper``: FGSM budget (2 pixel levels).
+        labels: ``paper``: FGSM moves away from the true ``label`` or from the model's
+            ``prediction``.
+        per_batch: ``kurakin``: k adversarial examples per minibatch of m; ``null`` means m / 2
+            (Kurakin et al. used k = 16 of m = 32).
+        loss_weight: ``kurakin``: lambda, the relative weight of adversarial examples (0.3).
+        eps_sigma: ``kurakin``: sigma of the normal distribution eps is drawn from (8).
+        eps_max: ``kurakin``: eps is truncated to [0, eps_max] (16).
+        attack: ``kurakin``: ``fgsm-ll`` (step l.l., avoids label leaking) or ``fgsm``.
+    """
+
+    mode: AdversarialMode = "none"
+    fraction: float = 0.2
+    eps: float = 2.0
+    labels: Literal["label", "prediction"] = "label"
+    per_batch: int | None = None
+    loss_weight: float = 0.3
+    eps_sigma: float = 8.0
+    eps_max: float = 16.0
+    attack: Literal["fgsm-ll", "fgsm"] = "fgsm-ll"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"adversarial.fraction must be in [0, 1], got {self.fraction}")
+        if self.eps < 0 or self.eps_max < 0 or self.eps_sigma <= 0:
+            raise ValueError("adversarial eps, eps_max must be >= 0 and eps_sigma > 0")
+        if self.per_batch is not None and self.per_batch < 0:
+            raise ValueError(f"adversarial.per_batch must be >= 0, got {self.per_batch}")
+        if self.loss_weight < 0:
+            raise ValueError(f"adversarial.loss_weight must be >= 0, got {self.loss_weight}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.yaml`` beside the model.
+
+    Attributes:
+        dataset: ``digits`` or ``cifar10``.
+        architecture: ``resnet20`` or ``digits_cnn``.
+        schedule: learning-rate stages, run in order (the SAP paper: 100 epochs at 0.5, 30 at
+            0.05, 20 at 0.005).
+        batch_size: minibatch size m.
+        momentum, weight_decay, nesterov: SGD settings.
+        augment: random crop with the data set's padding (and flip where it makes sense).
+        seed: seeds initialization, shuffling, augmentation and adversarial draws.
+        eval_batch_size: batch size for test-set accuracy.
+        checkpoint_every: epochs between checkpoints (the last epoch is always saved).
+        adversarial: adversarial training settings.
+    """
+
+    dataset: Literal["digits", "cifar10"]
+    architecture: str
+    schedule: list[LRStage]
+    batch_size: int = 512
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    augment: bool = True
+    seed: int = 0
+    eval_batch_size: int = 1000
+    checkpoint_every: int = 1
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+    def __post_init__(self) -> None:
+        if not self.schedule:
+            raise ValueError("schedule needs at least one stage")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        if self.checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be >= 1")
+        per_batch = self.adversarial.per_batch
+        if per_batch is not None and per_batch > self.batch_size:
+            raise ValueError(
+                f"adversarial.per_batch ({per_batch}) exceeds batch_size ({self.batch_size})"
+            )
+
+    @property
+    def total_epochs(self) -> int:
+        """Sum of the schedule's epochs."""
+        return sum(stage.epochs for stage in self.schedule)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of (0-based) ``epoch``."""
+        end = 0
+        for stage in self.schedule:
+            end += stage.epochs
+            if epoch < end:
+                return stage.lr
+        return self.schedule[-1].lr
