@@ -1,9 +1,9 @@
 """CPU kernels for Stochastic Activation Pruning (numba, parallel over the batch).
 
-The caller computes the keep probabilities ``q_j = 1 - (1 - p_j)^r`` with vectorized torch ops;
-these kernels make the random part and write the SAP multiplier ``m`` (same shape, written in
-place of ``q`` is allowed) so that SAP's output is ``h * m``: ``m_j = 1 / q_j`` for a kept element,
-0 otherwise.
+The caller computes the keep probabilities ``q_j = 1 - (1 - p_j)^r`` with vectorized torch ops
+and passes them negated (``neg_q = -q``, which saves two passes); these kernels make the random
+part and write the SAP multiplier ``m`` (same shape; writing it over ``neg_q`` is allowed) so that
+SAP's output is ``h * m``: ``m_j = 1 / q_j`` for a kept element, 0 otherwise.
 
 Randomness: a counter-based SplitMix64 stream per example, ``u_k = mix(row_key + (k + 1) * golden)``
 with ``row_key = hash(seed, example index)``. Draws depend on the seed only, never on the number
@@ -63,14 +63,19 @@ def _scale(v: float, q: float, m_cap: float, out_cap: float) -> float:  # pragma
 
 @nb.njit(parallel=True, cache=True)
 def fast_fill(  # pragma: no cover - compiled
-    h: np.ndarray, q: np.ndarray, seed: np.uint64, m_cap: float, out_cap: float, out: np.ndarray
+    h: np.ndarray,
+    neg_q: np.ndarray,
+    seed: np.uint64,
+    m_cap: float,
+    out_cap: float,
+    out: np.ndarray,
 ) -> None:
-    """``out[i, j] = 1 / q[i, j]`` with probability ``q[i, j]``, else 0 (``out`` may be ``q``)."""
-    n_rows, a = q.shape
+    """``out[i, j] = 1 / q`` with probability ``q = -neg_q[i, j]``, else 0 (may write over neg_q)."""
+    n_rows, a = neg_q.shape
     for i in nb.prange(n_rows):
         key = _row_key(seed, i)
         for j in range(a):
-            qj = q[i, j]
+            qj = -neg_q[i, j]
             keep = _uniform(key, j) < qj
             out[i, j] = _scale(abs(h[i, j]), qj, m_cap, out_cap) if keep else 0.0
 
@@ -78,7 +83,7 @@ def fast_fill(  # pragma: no cover - compiled
 @nb.njit(parallel=True, cache=True)
 def exact_fill(  # pragma: no cover - compiled
     h: np.ndarray,
-    q: np.ndarray,
+    neg_q: np.ndarray,
     r: int,
     seed: np.uint64,
     m_cap: float,
@@ -130,5 +135,5 @@ def exact_fill(  # pragma: no cover - compiled
                 for k in range(start[b], start[b + 1]):
                     below += draws[k] < c
             kept = below > below_prev
-            out[i, j] = _scale(abs(h[i, j]), q[i, j], m_cap, out_cap) if kept else 0.0
+            out[i, j] = _scale(abs(h[i, j]), -neg_q[i, j], m_cap, out_cap) if kept else 0.0
             below_prev = below

@@ -29,7 +29,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the full ``sap-rl`` parser with every sub-command registered."""
-    from sap_rl import demo
     from sap_rl.rl import commands as rl_commands
     from sap_rl.vision import commands as vision_commands
 
@@ -43,7 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    demo.register(subparsers)
     rl_commands.register(subparsers)
     vision_commands.register(subparsers)
     return parser

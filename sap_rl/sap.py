@@ -165,25 +165,26 @@ def _seed_from(generator: torch.Generator | None) -> np.uint64:
     return np.uint64(int(torch.randint(0, _SEED_HIGH, (), generator=generator)))
 
 
-def _keep_prob(flat: torch.Tensor, r: int) -> torch.Tensor:
-    """``q = 1 - (1 - p)^r``, ``p = |x| / sum|x|`` per row, computed as ``-expm1(r * log1p(-p))``.
+def _neg_keep_prob(flat: torch.Tensor, r: int) -> torch.Tensor:
+    """``-q = (1 - p)^r - 1`` with ``p = |x| / sum|x|`` per row, as ``expm1(r * log1p(-p))``.
 
-    float32 (float64 for float64 input); an all-zero row gives q = 0 everywhere. Rows whose sum
-    overflows float32 (values near the float limits) are redone in float64.
+    Negated to save two passes over the data (the kernels flip the sign back). float32 (float64
+    for float64 input); an all-zero row gives q = 0 everywhere. Rows whose sum overflows float32
+    (values near the float limits) are redone in float64.
     """
-    work = flat.to(torch.float64 if flat.dtype == torch.float64 else torch.float32)
-    p = work.abs()
+    work_dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
+    p = flat.abs() if flat.dtype == work_dtype else flat.to(work_dtype).abs()
     total = p.sum(dim=1, keepdim=True)
     if not bool(torch.isfinite(total).all()):
-        p64 = work.to(torch.float64).abs()
+        p64 = flat.to(torch.float64).abs()
         total64 = p64.sum(dim=1, keepdim=True)
-        return _q_from(p64, total64, r).to(work.dtype)
-    return _q_from(p, total, r)
+        return _neg_q_from(p64, total64, r).to(work_dtype)
+    return _neg_q_from(p, total, r)
 
 
-def _q_from(p: torch.Tensor, total: torch.Tensor, r: int) -> torch.Tensor:
-    p.div_(torch.where(total > 0, total, 1.0))
-    return p.neg_().log1p_().mul_(r).expm1_().neg_()
+def _neg_q_from(p: torch.Tensor, total: torch.Tensor, r: int) -> torch.Tensor:
+    p.div_(torch.where(total > 0, -total, -1.0))  # now -p
+    return p.log1p_().mul_(r).expm1_()
 
 
 def _caps(x_dtype: torch.dtype, work_dtype: torch.dtype) -> tuple[float, float]:
@@ -196,17 +197,17 @@ def _multiplier_cpu(
 ) -> torch.Tensor:
     from sap_rl import _sap_kernels
 
-    q = _keep_prob(flat, r).contiguous()
-    h = (flat if flat.dtype == q.dtype else flat.to(q.dtype)).contiguous().numpy()
-    q_np = q.numpy()
-    m_cap, out_cap = _caps(flat.dtype, q.dtype)
+    neg_q = _neg_keep_prob(flat, r).contiguous()
+    h = (flat if flat.dtype == neg_q.dtype else flat.to(neg_q.dtype)).contiguous().numpy()
+    neg_q_np = neg_q.numpy()
+    m_cap, out_cap = _caps(flat.dtype, neg_q.dtype)
     seed = _seed_from(generator)
     if mode == "exact":
-        out = np.empty_like(q_np)
-        _sap_kernels.exact_fill(h, q_np, r, seed, m_cap, out_cap, out)
+        out = np.empty_like(neg_q_np)
+        _sap_kernels.exact_fill(h, neg_q_np, r, seed, m_cap, out_cap, out)
         return torch.from_numpy(out)
-    _sap_kernels.fast_fill(h, q_np, seed, m_cap, out_cap, q_np)
-    return q
+    _sap_kernels.fast_fill(h, neg_q_np, seed, m_cap, out_cap, neg_q_np)
+    return neg_q
 
 
 def _multiplier_torch(
