@@ -70,7 +70,7 @@ def fast_fill(  # pragma: no cover - compiled
     out_cap: float,
     out: np.ndarray,
 ) -> None:
-    """``out[i, j] = 1 / q`` with probability ``q = -neg_q[i, j]``, else 0 (may write over neg_q)."""
+    """``out[i, j] = 1 / q`` with probability ``q = -neg_q[i, j]``, else 0 (may reuse neg_q)."""
     n_rows, a = neg_q.shape
     for i in nb.prange(n_rows):
         key = _row_key(seed, i)
