@@ -11,10 +11,10 @@ of threads, and the fast kernel's generator vectorizes (no dependency between dr
 
 - :func:`fast_fill` keeps element ``j`` independently when ``u_j < q_j``.
 - :func:`exact_fill` makes exactly ``r`` draws with replacement from Categorical(p) per example:
-  the ``r`` uniforms are counting-sorted into ``r`` equal-width buckets (one draw per bucket on
-  average); element ``j`` is hit when the number of draws below its CDF edge grows, which each
-  element finds from its bucket's offset plus a scan of that bucket. A row costs O(a + r) in
-  expectation, with no logarithms, no binary search and no serial merge.
+  the ``r`` uniforms are counting-sorted into ``2r`` equal-width buckets; element ``j`` is hit when
+  the number of draws below its CDF edge grows, which each element finds from its bucket's offset
+  plus a look at that bucket's (on average half a) draw. A row costs O(a + r), with no logarithms,
+  no binary search, no serial merge and almost no unpredictable branches.
 """
 
 from __future__ import annotations
@@ -54,14 +54,19 @@ def _uniform(key: np.uint64, k: int) -> float:  # pragma: no cover - compiled
     return (float(z >> _S11) + 0.5) * _INV53
 
 
-@nb.njit(inline="always", cache=True)
-def _scale(v: float, q: float, m_cap: float, out_cap: float) -> float:  # pragma: no cover
-    """``1 / q``, capped so that the multiplier and ``|v| / q`` stay finite in the output dtype."""
-    scale = 1.0 / q if q > 0.0 else m_cap
-    return min(scale, m_cap, out_cap / v)
+_BUCKETS_PER_DRAW = 2  # counting-sort buckets per draw: a bucket holds 0.5 draws on average
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(inline="always", cache=True, error_model="numpy")
+def _scale(v: float, neg_q: float, m_cap: float, out_cap: float) -> float:  # pragma: no cover
+    """``1 / q`` for ``q = -neg_q``, capped so the multiplier and ``v / q`` stay finite.
+
+    Branch-free: q = 0 gives +inf before the cap (IEEE division, numpy error model).
+    """
+    return min(-1.0 / neg_q, m_cap, out_cap / v)
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
 def fast_fill(  # pragma: no cover - compiled
     h: np.ndarray,
     neg_q: np.ndarray,
@@ -75,12 +80,12 @@ def fast_fill(  # pragma: no cover - compiled
     for i in nb.prange(n_rows):
         key = _row_key(seed, i)
         for j in range(a):
-            qj = -neg_q[i, j]
-            keep = _uniform(key, j) < qj
-            out[i, j] = _scale(abs(h[i, j]), qj, m_cap, out_cap) if keep else 0.0
+            nq = neg_q[i, j]
+            scale = _scale(abs(h[i, j]), nq, m_cap, out_cap)
+            out[i, j] = scale if _uniform(key, j) < -nq else 0.0
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, error_model="numpy")
 def exact_fill(  # pragma: no cover - compiled
     h: np.ndarray,
     neg_q: np.ndarray,
@@ -92,6 +97,7 @@ def exact_fill(  # pragma: no cover - compiled
 ) -> None:
     """Mark the elements hit by ``r`` draws from Categorical(|h| / sum|h|), then scale by 1/q."""
     n_rows, a = h.shape
+    n_buckets = _BUCKETS_PER_DRAW * r
     for i in nb.prange(n_rows):
         total = 0.0
         last = -1
@@ -104,36 +110,40 @@ def exact_fill(  # pragma: no cover - compiled
         if not (total > 0.0) or not math.isfinite(total):
             continue
         key = _row_key(seed, i)
-        # Counting sort of the r uniforms into r equal-width buckets (one per bucket on average).
-        start = np.zeros(r + 2, np.int64)
+        # Counting sort of the r uniforms into equal-width buckets.
+        start = np.zeros(n_buckets + 2, np.int32)
         for k in range(r):
-            start[min(int(_uniform(key, k) * r), r - 1) + 1] += 1
-        for b in range(r):
+            start[min(int(_uniform(key, k) * n_buckets), n_buckets - 1) + 1] += 1
+        for b in range(n_buckets):
             start[b + 1] += start[b]
-        start[r + 1] = r
-        fill = start[:r].copy()
-        draws = np.empty(r, np.float64)
+        start[n_buckets + 1] = r
+        fill = start[:n_buckets].copy()
+        draws = np.empty(r + 1, np.float64)
+        draws[r] = 2.0  # sentinel above every uniform
         for k in range(r):
             u = _uniform(key, k)
-            b = min(int(u * r), r - 1)
+            b = min(int(u * n_buckets), n_buckets - 1)
             draws[fill[b]] = u
             fill[b] += 1
         # Element j owns [c_{j-1}, c_j) with c_j = cdf_j / total; it is hit when the number of draws
         # below c_j, N(c_j), exceeds N(c_{j-1}). N(c) = draws in the buckets before c's bucket
-        # (monotone rounding keeps bucket order and value order consistent) + the few draws of
-        # c's own bucket that lie below c. Elements are independent: no serial merge chain.
+        # (monotone rounding keeps bucket order and value order consistent) + the draws of c's
+        # own bucket below c. The first of those is checked without a branch (an empty bucket's
+        # slot holds a later bucket's draw, or the sentinel, both above c); the rare others loop.
         below_prev = 0
         cdf = 0.0
-        for j in range(last + 1):
-            cdf += abs(h[i, j])
-            if j == last:
-                below = r
-            else:
-                c = cdf / total
-                b = min(int(c * r), r)
-                below = start[b]
-                for k in range(start[b], start[b + 1]):
-                    below += draws[k] < c
-            kept = below > below_prev
-            out[i, j] = _scale(abs(h[i, j]), -neg_q[i, j], m_cap, out_cap) if kept else 0.0
+        inv_total = 1.0 / total
+        for j in range(last):
+            v = abs(h[i, j])
+            cdf += v
+            c = cdf * inv_total
+            b = min(int(c * n_buckets), n_buckets)
+            first = start[b]
+            below = first + (draws[first] < c)
+            for k in range(first + 1, start[b + 1]):
+                below += draws[k] < c
+            scale = _scale(v, neg_q[i, j], m_cap, out_cap)
+            out[i, j] = scale if below > below_prev else 0.0
             below_prev = below
+        if r > below_prev:  # the last element with mass owns [c_{last-1}, 1)
+            out[i, last] = _scale(abs(h[i, last]), neg_q[i, last], m_cap, out_cap)
