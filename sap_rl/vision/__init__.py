@@ -1,1 +1,69 @@
-"""Image classification on the shared SAP core: data, models, training and evaluation."""
+"""Image classification on the shared SAP core: data, models, training and evaluation.
+
+Modules:
+    data: CIFAR-10 from the standard ``cifar-10-batches-py`` files, the built-in ``digits`` set,
+        batched augmentation.
+    models: ResNet-20 (CIFAR-10), a small CNN (digits), safetensors + ``card.json`` model folders.
+    train_config, train, adversarial: ``sap-rl vision train`` (clean, ``paper`` and ``kurakin``
+        adversarial training).
+    evaluate, calibration: ``sap-rl vision evaluate`` (accuracy vs eps per defense and attack,
+        expected calibration error, reliability diagrams).
+
+Example:
+    >>> from sap_rl.vision import build_model, load_dataset
+    >>> data = load_dataset("digits")
+    >>> model = build_model("digits_cnn", num_classes=10, input_shape=data.input_shape)
+    >>> model(data.x_test[:2].float()).shape
+    torch.Size([2, 10])
+"""
+
+from sap_rl.vision.calibration import (
+    ReliabilityBins,
+    expected_calibration_error,
+    plot_reliability,
+    reliability_bins,
+)
+from sap_rl.vision.data import ImageDataset, augment, iterate_batches, load_cifar10, load_dataset
+from sap_rl.vision.data import load_digits as load_digits_dataset
+from sap_rl.vision.evaluate import EvalConfig, ExpectedPrediction, evaluate, predict_proba
+from sap_rl.vision.models import (
+    DigitsCNN,
+    ModelCard,
+    ResNet20,
+    build_model,
+    count_parameters,
+    load_model,
+    save_model,
+)
+from sap_rl.vision.train import accuracy, train
+from sap_rl.vision.train_config import AdversarialConfig, LRStage, TrainConfig, default_config
+
+__all__ = [
+    "AdversarialConfig",
+    "DigitsCNN",
+    "EvalConfig",
+    "ExpectedPrediction",
+    "ImageDataset",
+    "LRStage",
+    "ModelCard",
+    "ReliabilityBins",
+    "ResNet20",
+    "TrainConfig",
+    "accuracy",
+    "augment",
+    "build_model",
+    "count_parameters",
+    "default_config",
+    "evaluate",
+    "expected_calibration_error",
+    "iterate_batches",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits_dataset",
+    "load_model",
+    "plot_reliability",
+    "predict_proba",
+    "reliability_bins",
+    "save_model",
+    "train",
+]

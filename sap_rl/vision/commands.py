@@ -1,10 +1,261 @@
-"""``sap-rl vision ...`` sub-commands (placeholder until the vision issue lands)."""
+"""``sap-rl vision train`` and ``sap-rl vision evaluate``.
+
+Examples (shell)::
+
+    sap-rl vision train --dataset digits --config configs/vision/digits.yaml --out runs/digits
+    sap-rl vision train --dataset digits --adversarial kurakin --out runs/digits-kurakin
+    sap-rl vision train --dataset cifar10 --data-root ~/data --config configs/vision/cifar10.yaml
+    sap-rl vision evaluate --model runs/digits --defense dense,sap-100 --attack fgsm,pgd-10-eot
+
+Heavy imports (torch, scikit-learn) happen inside the handlers so that ``sap-rl --help`` is fast.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import time
+from pathlib import Path
 from typing import Any
+
+from sap_rl.errors import UserError
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``vision`` sub-command group to ``subparsers``."""
-    del subparsers
+    """Add the ``vision`` sub-command group (``train``, ``evaluate``) to ``subparsers``."""
+    vision = subparsers.add_parser(
+        "vision",
+        help="image classifiers: train (optionally adversarially), evaluate defenses vs attacks",
+        description="Image classification on the SAP core: digits (built in) and CIFAR-10.",
+    )
+    sub = vision.add_subparsers(dest="vision_command", metavar="COMMAND")
+    sub.required = True
+    _add_train(sub)
+    _add_evaluate(sub)
+
+
+def _csv(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _eps_list(text: str) -> list[float]:
+    try:
+        return [float(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0,1,2,4, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------- train
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a classifier (SAP paper recipe for CIFAR-10, a short one for digits)",
+        description="Train ResNet-20 (CIFAR-10) or a small CNN (digits); writes model.safetensors"
+        " + card.json, config.yaml, history.csv and checkpoints/ into --out, and resumes there.",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=["digits", "cifar10"],
+        help="data set (default: the config's, or digits)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML training config (default: the built-in "
+        "preset of --dataset, same as configs/vision/<dataset>.yaml)",
+    )
+    p.add_argument(
+        "--data-root", type=Path, help="folder containing cifar-10-batches-py/ (CIFAR-10 only)"
+    )
+    p.add_argument(
+        "--adversarial",
+        choices=["none", "paper", "kurakin"],
+        help="adversarial training (overrides the config's adversarial.mode)",
+    )
+    p.add_argument(
+        "--epochs", type=_positive, help="keep only the first N epochs of the schedule (quick runs)"
+    )
+    p.add_argument("--batch-size", type=_positive, help="override batch_size")
+    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument(
+        "--out", type=Path, help="model folder (default: runs/vision/<dataset>-<adversarial>)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over even if --out holds a checkpoint"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sap_rl.config import from_dict, load_yaml, to_dict
+    from sap_rl.vision.train import train
+    from sap_rl.vision.train_config import TrainConfig, default_config
+
+    if args.config is None:
+        config = default_config(args.dataset or "digits")
+    else:
+        config = from_dict(TrainConfig, load_yaml(args.config))
+        if args.dataset is not None and config.dataset != args.dataset:
+            raise UserError(f"--dataset {args.dataset} but {args.config} is for {config.dataset}")
+    data = to_dict(config)
+    if args.adversarial:
+        data["adversarial"]["mode"] = args.adversarial
+    if args.batch_size:
+        data["batch_size"] = args.batch_size
+    if args.seed is not None:
+        data["seed"] = args.seed
+    if args.epochs:
+        data["schedule"] = _truncate(data["schedule"], args.epochs)
+    config = from_dict(TrainConfig, data)
+    out = args.out or Path("runs/vision") / f"{config.dataset}-{_mode_name(config)}"
+    started = time.perf_counter()
+    card = train(
+        config,
+        out,
+        data_root=args.data_root,
+        device=args.device,
+        quiet=args.quiet,
+        resume=not args.no_resume,
+    )
+    print(
+        f"{out}: {card.architecture} on {card.dataset} ({card.adversarial}), {card.epochs} epochs, "
+        f"clean test accuracy {card.clean_accuracy:.4f} ({time.perf_counter() - started:.0f} s)"
+    )
+    return 0
+
+
+def _mode_name(config: Any) -> str:
+    mode = config.adversarial.mode
+    return "dense" if mode == "none" else f"{mode}-adv"
+
+
+def _truncate(schedule: list[dict[str, Any]], epochs: int) -> list[dict[str, Any]]:
+    kept, left = [], epochs
+    for stage in schedule:
+        if left <= 0:
+            break
+        kept.append({"epochs": min(stage["epochs"], left), "lr": stage["lr"]})
+        left -= kept[-1]["epochs"]
+    return kept
+
+
+# ---------------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy and calibration vs eps for defenses under attacks",
+        description="Attack the test set of a trained model for every defense x attack x eps; "
+        "writes summary.csv/json, calibration.csv, accuracy.png and reliability.png into --out "
+        "(an interrupted run resumes without redoing finished cells).",
+    )
+    p.add_argument("--model", type=Path, required=True, help="model folder (card.json + weights)")
+    p.add_argument("--config", type=Path, help="YAML evaluation config (flags override it)")
+    p.add_argument(
+        "--eps", type=_eps_list, help="budgets in pixel levels (default: 0,1,2,4,8,16,32)"
+    )
+    p.add_argument(
+        "--defense",
+        type=_csv,
+        help="dense, sap-<k>, sap-<k>-fast, dropout-<p>, noise-<sigma> "
+        "(default: dense,sap-100,dropout-0.1)",
+    )
+    p.add_argument(
+        "--attack",
+        type=_csv,
+        help="fgsm, pgd-<steps>, -ll and -eot variants (default: fgsm,fgsm-eot,pgd-10)",
+    )
+    p.add_argument(
+        "--mc-samples",
+        type=_positive,
+        help="passes averaged per prediction of a stochastic defense (default: 100)",
+    )
+    p.add_argument(
+        "--grad-samples",
+        type=_positive,
+        help="passes averaged into the prediction a plain attack differentiates (default: 16)",
+    )
+    p.add_argument(
+        "--eot-samples",
+        type=_positive,
+        help="passes whose loss gradients an -eot attack averages (default: 16)",
+    )
+    p.add_argument(
+        "--labels",
+        choices=["label", "prediction"],
+        help="attack the true label (default) or the clean prediction",
+    )
+    p.add_argument("--examples", type=_positive, help="use the first N test images")
+    p.add_argument("--batch-size", type=_positive, help="test images per batch (default: 256)")
+    p.add_argument("--seed", type=int, help="seed (default: 0)")
+    p.add_argument(
+        "--data-root", type=Path, help="folder containing cifar-10-batches-py/ (CIFAR-10 models)"
+    )
+    p.add_argument(
+        "--out", type=Path, help="output folder (default: runs/vision-eval/<model name>)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
+
+
+_EVAL_FLAGS = {
+    "eps": "eps",
+    "defense": "defenses",
+    "attack": "attacks",
+    "mc_samples": "mc_samples",
+    "grad_samples": "grad_samples",
+    "eot_samples": "eot_samples",
+    "labels": "labels",
+    "examples": "examples",
+    "batch_size": "batch_size",
+    "seed": "seed",
+}
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from sap_rl.config import from_dict, load_yaml
+    from sap_rl.vision.evaluate import EvalConfig, evaluate
+
+    data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    for flag, key in _EVAL_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            data[key] = value
+    config = from_dict(EvalConfig, data)
+    out = args.out or Path("runs/vision-eval") / args.model.resolve().name
+    started = time.perf_counter()
+    rows = evaluate(
+        args.model, config, out, data_root=args.data_root, device=args.device, quiet=args.quiet
+    )
+    width = max(len(r.defense) for r in rows)
+    for row in rows:
+        if row.eps == max(r.eps for r in rows if r.attack == row.attack) or row.eps == 0:
+            print(
+                f"{row.defense:<{width}}  {row.attack:<12} eps={row.eps:<5g} "
+                f"accuracy={row.mean:.4f}"
+            )
+    print(f"wrote {out}/summary.csv ({time.perf_counter() - started:.0f} s)")
+    return 0

@@ -10,11 +10,12 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sap_rl.config import from_dict
+from sap_rl.errors import UserError
 
-__all__ = ["AdversarialConfig", "LRStage", "TrainConfig", "from_dict"]
+__all__ = ["PRESETS", "AdversarialConfig", "LRStage", "TrainConfig", "default_config", "from_dict"]
 
 AdversarialMode = Literal["none", "paper", "kurakin"]
 
@@ -131,3 +132,47 @@ class TrainConfig:
             if epoch < end:
                 return stage.lr
         return self.schedule[-1].lr
+
+
+#: Built-in configurations, identical to ``configs/vision/<dataset>.yaml`` (a test checks this).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The SAP paper's CIFAR-10 recipe: ResNet-20, SGD (momentum 0.9, weight decay 1e-4), batch
+    # 512, lr 0.5 for 100 epochs, 0.05 for 30, 0.005 for 20.
+    "cifar10": {
+        "dataset": "cifar10",
+        "architecture": "resnet20",
+        "batch_size": 512,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "schedule": [
+            {"epochs": 100, "lr": 0.5},
+            {"epochs": 30, "lr": 0.05},
+            {"epochs": 20, "lr": 0.005},
+        ],
+    },
+    # A short recipe of the same kind for the built-in digits (seconds per epoch on a CPU).
+    "digits": {
+        "dataset": "digits",
+        "architecture": "digits_cnn",
+        "batch_size": 64,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": [
+            {"epochs": 20, "lr": 0.05},
+            {"epochs": 8, "lr": 0.005},
+            {"epochs": 4, "lr": 0.0005},
+        ],
+    },
+}
+
+
+def default_config(dataset: str) -> TrainConfig:
+    """The built-in :data:`PRESETS` configuration of ``dataset``.
+
+    Example:
+        >>> default_config("cifar10").total_epochs
+        150
+    """
+    if dataset not in PRESETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(PRESETS)}")
+    return from_dict(TrainConfig, PRESETS[dataset])
