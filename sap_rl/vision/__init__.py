@@ -17,26 +17,42 @@ Example:
     torch.Size([2, 10])
 """
 
-from sap_rl.vision.calibration import (
-    ReliabilityBins,
-    expected_calibration_error,
-    plot_reliability,
-    reliability_bins,
-)
-from sap_rl.vision.data import ImageDataset, augment, iterate_batches, load_cifar10, load_dataset
-from sap_rl.vision.data import load_digits as load_digits_dataset
-from sap_rl.vision.evaluate import EvalConfig, ExpectedPrediction, evaluate, predict_proba
-from sap_rl.vision.models import (
-    DigitsCNN,
-    ModelCard,
-    ResNet20,
-    build_model,
-    count_parameters,
-    load_model,
-    save_model,
-)
-from sap_rl.vision.train import accuracy, train
-from sap_rl.vision.train_config import AdversarialConfig, LRStage, TrainConfig, default_config
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names are imported on first use (PEP 562) so that ``sap-rl --help``, which imports
+# ``sap_rl.vision.commands``, does not pay for torch and scikit-learn.
+_EXPORTS = {
+    "ReliabilityBins": "calibration",
+    "expected_calibration_error": "calibration",
+    "plot_reliability": "calibration",
+    "reliability_bins": "calibration",
+    "ImageDataset": "data",
+    "augment": "data",
+    "iterate_batches": "data",
+    "load_cifar10": "data",
+    "load_dataset": "data",
+    "load_digits": "data",
+    "EvalConfig": "evaluate",
+    "ExpectedPrediction": "evaluate",
+    "evaluate": "evaluate",
+    "predict_proba": "evaluate",
+    "DigitsCNN": "models",
+    "ModelCard": "models",
+    "ResNet20": "models",
+    "build_model": "models",
+    "count_parameters": "models",
+    "load_model": "models",
+    "save_model": "models",
+    "accuracy": "train",
+    "train": "train",
+    "AdversarialConfig": "train_config",
+    "LRStage": "train_config",
+    "TrainConfig": "train_config",
+    "default_config": "train_config",
+}
 
 __all__ = [
     "AdversarialConfig",
@@ -59,7 +75,7 @@ __all__ = [
     "iterate_batches",
     "load_cifar10",
     "load_dataset",
-    "load_digits_dataset",
+    "load_digits",
     "load_model",
     "plot_reliability",
     "predict_proba",
@@ -67,3 +83,49 @@ __all__ = [
     "save_model",
     "train",
 ]
+
+if TYPE_CHECKING:
+    from sap_rl.vision.calibration import (
+        ReliabilityBins,
+        expected_calibration_error,
+        plot_reliability,
+        reliability_bins,
+    )
+    from sap_rl.vision.data import (
+        ImageDataset,
+        augment,
+        iterate_batches,
+        load_cifar10,
+        load_dataset,
+        load_digits,
+    )
+    from sap_rl.vision.evaluate import EvalConfig, ExpectedPrediction, evaluate, predict_proba
+    from sap_rl.vision.models import (
+        DigitsCNN,
+        ModelCard,
+        ResNet20,
+        build_model,
+        count_parameters,
+        load_model,
+        save_model,
+    )
+    from sap_rl.vision.train import accuracy, train
+    from sap_rl.vision.train_config import (
+        AdversarialConfig,
+        LRStage,
+        TrainConfig,
+        default_config,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sap_rl.vision' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"sap_rl.vision.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
