@@ -187,8 +187,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     can name any importable callable and call it while loading, so reading a user-supplied pickle
     with ``pickle.load`` can run arbitrary code. This unpickler only resolves the globals needed to
     rebuild numpy arrays (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``,
-    ``numpy.dtype`` and their ``numpy._core`` spellings in numpy 2); every other global raises
-    ``pickle.UnpicklingError``. Plain containers (dict, list, tuple, str, bytes, int) need no
+    ``numpy.dtype``, ``numpy.core.numeric._frombuffer`` for protocol-5 files, and their
+    ``numpy._core`` spellings in numpy 2); every other global raises ``pickle.UnpicklingError``. Plain containers (dict, list, tuple, str, bytes, int) need no
     globals at all.
     """
 
@@ -200,6 +200,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ("numpy", "dtype"),
             ("numpy.core.multiarray", "scalar"),
             ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
+            ("numpy._core.numeric", "_frombuffer"),
         }
     )
 
@@ -208,17 +210,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
         if module == "numpy":
             return getattr(np, name)
-        return getattr(_multiarray(), name)
+        return getattr(_numpy_core(module.rsplit(".", 1)[1]), name)
 
 
-def _multiarray() -> Any:
-    """numpy's ``multiarray`` module (``numpy._core`` in numpy 2, ``numpy.core`` before)."""
+def _numpy_core(submodule: str) -> Any:
+    """``numpy._core.<submodule>`` (numpy 2) or ``numpy.core.<submodule>`` (numpy 1)."""
     import importlib
 
     try:
-        return importlib.import_module("numpy._core.multiarray")
+        return importlib.import_module(f"numpy._core.{submodule}")
     except ImportError:  # pragma: no cover - numpy 1.x
-        return importlib.import_module("numpy.core.multiarray")
+        return importlib.import_module(f"numpy.core.{submodule}")
 
 
 def _read_pickle(path: Path) -> Any:
@@ -252,7 +254,7 @@ def _cifar_folder(root: Path) -> Path:
     return root / CIFAR10_FOLDER
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(path: Path, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
     entry = _read_pickle(path)
     if not isinstance(entry, dict):
         raise UserError(f"{path}: expected a dict of 'data' and 'labels', got {type(entry)}")
@@ -262,10 +264,10 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{path}: missing key {err} (not a CIFAR-10 batch file)") from None
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         raise UserError(f"{path}: 'data' must be a 2-D uint8 array")
-    if data.shape != (_CIFAR10_EXAMPLES_PER_FILE, _CIFAR10_ROW):
+    if data.shape[1] != _CIFAR10_ROW or (rows is not None and data.shape[0] != rows):
         raise UserError(
-            f"{path}: 'data' has shape {data.shape}, expected "
-            f"({_CIFAR10_EXAMPLES_PER_FILE}, {_CIFAR10_ROW}); the file is truncated or not CIFAR-10"
+            f"{path}: 'data' has shape {data.shape}, expected ({rows or 'N'}, {_CIFAR10_ROW}); "
+            "the file is truncated or not CIFAR-10"
         )
     label_array = np.asarray(labels)
     if label_array.shape != (data.shape[0],) or not np.issubdtype(label_array.dtype, np.integer):
@@ -275,12 +277,18 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), label_array.astype(np.int64)
 
 
-def load_cifar10(root: str | os.PathLike[str], *, verify_md5: bool = True) -> ImageDataset:
+def load_cifar10(
+    root: str | os.PathLike[str],
+    *,
+    verify_md5: bool = True,
+    examples_per_file: int | None = _CIFAR10_EXAMPLES_PER_FILE,
+) -> ImageDataset:
     """Read CIFAR-10 from ``root/cifar-10-batches-py`` (or from ``root`` if it is that folder).
 
     Integrity checks: the six batch files and ``batches.meta`` must exist; with ``verify_md5`` their
-    md5 sums must match the official archive's (:data:`CIFAR10_MD5`); each batch must hold a
-    10000 x 3072 uint8 ``data`` array and 10000 labels in 0..9. Nothing is ever downloaded.
+    md5 sums must match the official archive's (:data:`CIFAR10_MD5`); each batch must hold an
+    ``examples_per_file`` x 3072 uint8 ``data`` array (10000 rows in the official files; ``None``
+    accepts any number) and as many labels in 0..9. Nothing is ever downloaded.
 
     Raises:
         UserError: a one-line message naming the missing or damaged file and where to put the data.
@@ -318,8 +326,8 @@ def load_cifar10(root: str | os.PathLike[str], *, verify_md5: bool = True) -> Im
             logger.warning("%s: no usable label_names; using the standard names", folder)
     if len(classes) != 10:
         raise UserError(f"{folder / 'batches.meta'}: expected 10 label names, got {len(classes)}")
-    parts = [_read_cifar_batch(folder / name) for name in _CIFAR10_TRAIN]
-    x_test, y_test = _read_cifar_batch(folder / "test_batch")
+    parts = [_read_cifar_batch(folder / name, examples_per_file) for name in _CIFAR10_TRAIN]
+    x_test, y_test = _read_cifar_batch(folder / "test_batch", examples_per_file)
     return ImageDataset(
         name="cifar10",
         x_train=torch.from_numpy(np.concatenate([p[0] for p in parts])),
