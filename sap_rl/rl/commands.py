@@ -1,12 +1,151 @@
-"""``sap-rl train`` and ``sap-rl agents``; ``evaluate`` lives in :mod:`sap_rl.rl.evaluate_command`."""
+"""``sap-rl train`` and ``sap-rl agents``; ``evaluate`` lives in :mod:`sap_rl.rl.evaluate_command`.
+
+Heavy imports (torch, gymnasium, stable-baselines3) happen inside the handlers.
+"""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
 
+from sap_rl.errors import UserError
 from sap_rl.rl import evaluate_command
 
 
 def register(subparsers: Any) -> None:
     """Add the RL sub-commands to ``subparsers``."""
+    _register_train(subparsers)
+    _register_agents(subparsers)
     evaluate_command.register(subparsers)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _register_train(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a Double DQN Atari agent and export an agent folder",
+        description=(
+            "Train a Double DQN agent on an Atari game (ALE, standard DQN preprocessing) with "
+            "periodic whole-game evaluation and checkpoints; writes OUT/config.yaml, "
+            "OUT/progress.csv, OUT/eval.csv, OUT/checkpoint/ and OUT/agent/ "
+            "(model.safetensors + card.json)."
+        ),
+    )
+    parser.add_argument("--game", help="Atari game, e.g. Pong, Breakout (case-insensitive)")
+    parser.add_argument(
+        "--config",
+        help="YAML config file or preset name in configs/atari (ddqn, ddqn_cpu); default: ddqn",
+    )
+    parser.add_argument("--timesteps", type=_positive_int, help="total environment steps")
+    parser.add_argument("--seed", type=_non_negative_int, help="random seed (default: config)")
+    parser.add_argument("--out", help="run folder (default: runs/<game>-ddqn-<seed>)")
+    parser.add_argument(
+        "--device", help="auto, cpu, cuda or cuda:N (default: the config's, normally auto)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (its config.yaml is reused; "
+        "--timesteps may raise the total)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sap_rl.rl.games import resolve_game
+    from sap_rl.rl.train import default_out, load_run_config, train
+    from sap_rl.rl.train_config import load_train_config
+
+    overrides: dict[str, Any] = {}
+    if args.timesteps is not None:
+        overrides["timesteps"] = args.timesteps
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.no_progress:
+        overrides["progress_bar"] = False
+
+    if args.resume:
+        if args.out is None:
+            raise UserError("--resume needs --out (the run folder to continue)")
+        if args.config is not None:
+            raise UserError("--resume reuses OUT/config.yaml; do not pass --config")
+        saved_game, saved = load_run_config(args.out)
+        if args.game is not None and resolve_game(args.game).name != resolve_game(saved_game).name:
+            raise UserError(f"--resume: {args.out} trains {saved_game}, not {args.game}")
+        if args.seed is not None and args.seed != saved.seed:
+            raise UserError(f"--resume: {args.out} uses seed {saved.seed}; drop --seed")
+        from sap_rl.config import deep_merge, from_dict, to_dict
+        from sap_rl.rl.train_config import TrainConfig
+
+        cfg = from_dict(TrainConfig, deep_merge(to_dict(saved), overrides))
+        game = saved_game
+        out = Path(args.out)
+    else:
+        if args.game is None:
+            raise UserError("--game is required, e.g. sap-rl train --game Pong")
+        game = resolve_game(args.game).name
+        cfg = load_train_config(args.config, game=game, overrides=overrides)
+        out = Path(args.out) if args.out else default_out(game, cfg.seed, cfg.algorithm)
+
+    result = train(game, cfg, out=out, resume=args.resume)
+    card = result.card
+    print(f"agent: {result.agent_dir}")
+    print(
+        f"{card.game}: {card.timesteps} steps in {result.wall_time_s / 60:.1f} min; "
+        f"clean score {card.clean_score.mean:.2f} +- {card.clean_score.std:.2f} over "
+        f"{card.clean_score.episodes} games (random policy {card.random_score:.2f})"
+    )
+    return 0
+
+
+def _register_agents(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "agents",
+        help="list agent folders with their clean scores",
+        description="List agent folders (card.json + model.safetensors) under DIR.",
+    )
+    parser.add_argument("dir", nargs="?", default="agents", help="folder to scan (default: agents)")
+    parser.set_defaults(func=_agents)
+
+
+def _agents(args: argparse.Namespace) -> int:
+    from sap_rl.rl.agent import CARD_FILE, read_card
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise UserError(f"no agent folder {root}/ (train one with: sap-rl train --game Pong)")
+    cards = sorted(root.rglob(CARD_FILE))
+    if not cards:
+        print(f"no agents in {root}/")
+        return 0
+    print(f"{'agent':32s} {'game':16s} {'steps':>10s} {'clean score':>18s} {'random':>9s}")
+    for path in cards:
+        card = read_card(path)
+        score = f"{card.clean_score.mean:.1f} +- {card.clean_score.std:.1f}"
+        rand = "-" if card.random_score is None else f"{card.random_score:.1f}"
+        folder = path.parent.relative_to(root).as_posix()
+        print(f"{folder:32s} {card.game:16s} {card.timesteps:>10d} {score:>18s} {rand:>9s}")
+    return 0

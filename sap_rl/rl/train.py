@@ -1,0 +1,506 @@
+"""Train a Double DQN Atari agent and export it as an agent folder (``sap-rl train``).
+
+Reads top to bottom like a CleanRL script: resolve the config, seed everything, build the
+environments, build (or resume) the model, learn with periodic whole-game evaluation and
+checkpoints, then evaluate the final network and the random policy on the same seeded games and
+write the agent folder.
+
+Output folder (``--out``, default ``runs/<game>-ddqn-<seed>``)::
+
+    config.yaml          resolved TrainConfig (+ game), written before training starts
+    progress.csv         SB3 logger output (rollout/, train/, eval/ keys; appended on resume)
+    eval.csv             periodic evaluation: timesteps, wall_time_s, mean, std, episodes, ...
+    checkpoint/          latest checkpoint for --resume (our own files, not shipped):
+        model.zip        SB3 save (optimizer state included)
+        replay.npz       replay buffer (plain numpy, no pickle)
+        state.json       timesteps, wall time, evaluation rows
+    agent/               model.safetensors + card.json (DESIGN.md "Agent folder")
+
+Example:
+    >>> from sap_rl.rl.train_config import TrainConfig
+    >>> cfg = TrainConfig(timesteps=200)  # doctest: +SKIP
+    >>> result = train("Breakout", cfg, out="runs/demo")  # doctest: +SKIP
+    >>> result.agent_dir  # doctest: +SKIP
+    PosixPath('runs/demo/agent')
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from stable_baselines3 import DQN
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import CSVOutputFormat, Logger
+from stable_baselines3.common.utils import set_random_seed
+
+from sap_rl.config import from_dict, load_yaml, to_dict
+from sap_rl.errors import UserError
+from sap_rl.io import atomic_path, atomic_write_json, atomic_write_text, read_json
+from sap_rl.rl.agent import AgentCard, Score, q_network_from_sb3, save_agent, utc_now
+from sap_rl.rl.dqn import DoubleDQN, FrameStackNStepReplayBuffer, FrameStackReplayBuffer
+from sap_rl.rl.envs import (
+    greedy_policy,
+    make_vec_env,
+    play_games,
+    random_policy,
+    summarize,
+)
+from sap_rl.rl.games import Game, resolve_game
+from sap_rl.rl.train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoint"
+AGENT_DIR = "agent"
+EVAL_COLUMNS = ["timesteps", "wall_time_s", "mean", "std", "min", "max", "episodes", "mean_length"]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    out: Path
+    agent_dir: Path
+    card: AgentCard
+    timesteps: int
+    wall_time_s: float
+
+
+def default_out(game: str, seed: int, algorithm: str = "DDQN") -> Path:
+    """``runs/<game>-<algo>-<seed>`` with a lower-case game name.
+
+    Example:
+        >>> default_out("SpaceInvaders", 3).as_posix()
+        'runs/spaceinvaders-ddqn-3'
+    """
+    return Path("runs") / f"{resolve_game(game).name.lower()}-{algorithm.lower()}-{seed}"
+
+
+# --------------------------------------------------------------------------------------------
+# Small pieces used by `train` (callbacks, checkpoint files, evaluation).
+# --------------------------------------------------------------------------------------------
+
+
+class _AppendingCSV(CSVOutputFormat):
+    """SB3's CSV logger output, but continuing an existing file (for ``--resume``)."""
+
+    def __init__(self, filename: str) -> None:
+        path = Path(filename)
+        if path.is_file() and path.stat().st_size > 0:
+            self.file = open(path, "r+")  # noqa: SIM115 - closed by the logger
+            header = self.file.readline().rstrip("\n")
+            self.keys = header.split(",") if header else []
+            self.file.seek(0, os.SEEK_END)
+            self.separator = ","
+            self.quotechar = '"'
+        else:
+            super().__init__(filename)
+
+
+@dataclass
+class _RunState:
+    """Bookkeeping saved with each checkpoint (``state.json``)."""
+
+    timesteps: int = 0
+    wall_time_s: float = 0.0
+    evaluations: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+class _Progress(BaseCallback):
+    """A tqdm progress bar over environment steps with the latest evaluation score.
+
+    (SB3's own ``progress_bar=True`` needs the optional ``rich`` package; this one only tqdm.)
+    """
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        super().__init__()
+        self.total = total
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def _on_training_start(self) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=self.total, initial=self.model.num_timesteps, unit="step", dynamic_ncols=True
+            )
+
+    def _on_step(self) -> bool:
+        if self.bar is not None:
+            self.bar.update(self.num_timesteps - self.bar.n)
+        return True
+
+    def set_score(self, score: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(eval=f"{score:.1f}")
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _EvalAndCheckpoint(BaseCallback):
+    """Every ``eval_freq`` steps: play whole games; every ``checkpoint_freq``: save a checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        game: Game,
+        cfg: TrainConfig,
+        out: Path,
+        state: _RunState,
+        clock_start: float,
+        progress: _Progress,
+    ) -> None:
+        super().__init__()
+        self.game, self.cfg, self.out, self.state = game, cfg, out, state
+        self.clock_start = clock_start
+        self.base_wall_time = state.wall_time_s
+        self.progress = progress
+        self.next_eval = _next_multiple(state.timesteps, cfg.eval.freq)
+        self.next_checkpoint = _next_multiple(state.timesteps, cfg.checkpoint_freq)
+
+    def _dqn(self) -> DQN:
+        assert isinstance(self.model, DQN)
+        return self.model
+
+    def wall_time(self) -> float:
+        return self.base_wall_time + (time.perf_counter() - self.clock_start)
+
+    def _on_step(self) -> bool:
+        if self.next_eval and self.num_timesteps >= self.next_eval:
+            self.next_eval = _next_multiple(self.num_timesteps, self.cfg.eval.freq)
+            self.evaluate()
+        if self.next_checkpoint and self.num_timesteps >= self.next_checkpoint:
+            self.next_checkpoint = _next_multiple(self.num_timesteps, self.cfg.checkpoint_freq)
+            self.checkpoint()
+        return True
+
+    def evaluate(self) -> dict[str, float]:
+        games = evaluate_q_net(
+            self._dqn().q_net, self.game, self.cfg, episodes=self.cfg.eval.episodes
+        )
+        stats = summarize(games)
+        rewards = [g.reward for g in games]
+        row = {
+            "timesteps": float(self.num_timesteps),
+            "wall_time_s": round(self.wall_time(), 1),
+            "mean": stats["mean"],
+            "std": stats["std"],
+            "min": float(min(rewards)),
+            "max": float(max(rewards)),
+            "episodes": float(stats["episodes"]),
+            "mean_length": float(np.mean([g.length for g in games])),
+        }
+        self.state.evaluations.append(row)
+        _write_eval_csv(self.out, self.state.evaluations)
+        self.logger.record("eval/mean_reward", row["mean"])
+        self.logger.record("eval/std_reward", row["std"])
+        self.logger.record("eval/mean_ep_length", row["mean_length"])
+        self.progress.set_score(row["mean"])
+        logger.info("eval at %d steps: %.2f +- %.2f", self.num_timesteps, row["mean"], row["std"])
+        return row
+
+    def checkpoint(self) -> None:
+        self.state.timesteps = int(self.num_timesteps)
+        save_checkpoint(self._dqn(), self.out, self.state, self.wall_time())
+
+
+def _next_multiple(current: int, every: int) -> int:
+    """The next multiple of ``every`` strictly above ``current`` (0 if ``every`` is 0)."""
+    return 0 if every <= 0 else (current // every + 1) * every
+
+
+def _write_eval_csv(out: Path, rows: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=EVAL_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {k: (int(v) if k in ("timesteps", "episodes") else v) for k, v in row.items()}
+        )
+    atomic_write_text(out / "eval.csv", buffer.getvalue())
+
+
+def save_checkpoint(model: DQN, out: Path, state: _RunState, wall_time_s: float) -> None:
+    """Write ``checkpoint/`` (model zip, replay buffer, state) so that ``--resume`` can continue."""
+    folder = out / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with atomic_path(folder / "model.zip") as tmp, open(tmp, "wb") as handle:
+        model.save(handle)
+    buffer = model.replay_buffer
+    if isinstance(buffer, (FrameStackReplayBuffer, FrameStackNStepReplayBuffer)):
+        buffer.save_npz(folder / "replay.npz")
+    state.timesteps = int(model.num_timesteps)
+    state.wall_time_s = wall_time_s
+    # state.json last: a checkpoint counts only once all of its files are complete.
+    atomic_write_json(folder / "state.json", dataclasses.asdict(state))
+    logger.info(
+        "checkpoint at %d steps (%.1fs) in %s",
+        model.num_timesteps,
+        time.perf_counter() - started,
+        folder,
+    )
+
+
+def load_checkpoint_state(out: Path) -> _RunState | None:
+    """The saved :class:`_RunState` of ``out`` or ``None`` if it has no complete checkpoint."""
+    path = out / CHECKPOINT_DIR / "state.json"
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    try:
+        return _RunState(
+            timesteps=int(data["timesteps"]),
+            wall_time_s=float(data["wall_time_s"]),
+            evaluations=[dict(row) for row in data.get("evaluations", [])],
+        )
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"{path}: corrupted checkpoint state; delete {out / CHECKPOINT_DIR}"
+        ) from None
+
+
+def evaluate_q_net(
+    q_net: torch.nn.Module, game: Game, cfg: TrainConfig, *, episodes: int
+) -> list[Any]:
+    """Play ``episodes`` whole games (unclipped scores) with the greedy policy of ``q_net``."""
+    device = next(q_net.parameters()).device
+    venv = make_vec_env(
+        game,
+        min(cfg.eval.n_envs, episodes),
+        seed=cfg.seed + cfg.eval.seed_offset,
+        training=False,
+        preprocessing=cfg.env,
+    )
+    was_training = q_net.training
+    q_net.eval()
+    try:
+        # SB3's q_net and our QNetwork both take a float pixel batch (SB3 divides by 255 itself).
+        policy = greedy_policy(
+            q_net, device=device, epsilon=cfg.eval.epsilon, seed=cfg.seed + cfg.eval.seed_offset
+        )
+        return play_games(venv, policy, episodes)
+    finally:
+        q_net.train(was_training)
+        venv.close()
+
+
+def random_score(game: Game, cfg: TrainConfig, *, episodes: int) -> dict[str, float | int]:
+    """Score of a seeded uniform random policy on the same seeded games as the evaluation."""
+    venv = make_vec_env(
+        game,
+        min(cfg.eval.n_envs, episodes),
+        seed=cfg.seed + cfg.eval.seed_offset,
+        training=False,
+        preprocessing=cfg.env,
+    )
+    try:
+        n_actions = int(venv.action_space.n)  # type: ignore[attr-defined]
+        games = play_games(venv, random_policy(n_actions, seed=cfg.seed), episodes)
+    finally:
+        venv.close()
+    return summarize(games)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"--device {device}: CUDA is not available on this machine; use cpu or auto"
+        )
+    return device
+
+
+def _build_model(game: Game, cfg: TrainConfig, env: Any, device: str) -> DQN:
+    cls = DoubleDQN if cfg.algorithm == "DDQN" else DQN
+    kwargs = cfg.dqn.sb3_kwargs()
+    if cfg.dqn.n_steps > 1:
+        buffer_cls: type = FrameStackNStepReplayBuffer
+        kwargs["replay_buffer_kwargs"] = {"n_steps": cfg.dqn.n_steps, "gamma": cfg.dqn.gamma}
+    else:
+        buffer_cls = FrameStackReplayBuffer
+    return cls(
+        "CnnPolicy", env, replay_buffer_class=buffer_cls, seed=cfg.seed, device=device, **kwargs
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The training run.
+# --------------------------------------------------------------------------------------------
+
+
+def train(
+    game: str,
+    cfg: TrainConfig,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train ``cfg.algorithm`` on ``game`` and write the run folder (see the module docstring).
+
+    Args:
+        game: game name (``"Pong"``; case-insensitive).
+        cfg: resolved training configuration.
+        out: run folder; default ``runs/<game>-ddqn-<seed>``.
+        resume: continue from ``out/checkpoint`` (required if a checkpoint exists).
+
+    Raises:
+        UserError: unknown game, existing checkpoint without ``resume``, ``resume`` without one.
+    """
+    # 1. Resolve the game, the output folder and the configuration.
+    resolved = resolve_game(game)
+    out_dir = Path(out) if out is not None else default_out(resolved.name, cfg.seed, cfg.algorithm)
+    state = load_checkpoint_state(out_dir)
+    if state is not None and not resume:
+        raise UserError(
+            f"{out_dir} already has a checkpoint at {state.timesteps} steps; "
+            "pass --resume to continue it or choose another --out"
+        )
+    if resume and state is None:
+        raise UserError(f"--resume: no checkpoint in {out_dir / CHECKPOINT_DIR}")
+    state = state or _RunState()
+    if state.timesteps >= cfg.timesteps:
+        raise UserError(
+            f"{out_dir}: the checkpoint is at {state.timesteps} steps, already >= --timesteps "
+            f"{cfg.timesteps}; raise --timesteps to train further"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(out_dir, resolved.name, cfg)
+    device = _resolve_device(cfg.device)
+
+    # 2. Seed everything; limit CPU threads if asked (shared machines).
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    set_random_seed(cfg.seed + state.timesteps)
+
+    # 3. Training environments (episodic life, clipped rewards); a fresh seed stream on resume.
+    env = make_vec_env(
+        resolved, cfg.n_envs, seed=cfg.seed + state.timesteps, training=True, preprocessing=cfg.env
+    )
+
+    # 4. The model: new, or restored from the checkpoint with its replay buffer.
+    if state.timesteps > 0:
+        cls = DoubleDQN if cfg.algorithm == "DDQN" else DQN
+        model = cls.load(out_dir / CHECKPOINT_DIR / "model.zip", env=env, device=device)
+        replay = out_dir / CHECKPOINT_DIR / "replay.npz"
+        if isinstance(model.replay_buffer, (FrameStackReplayBuffer, FrameStackNStepReplayBuffer)):
+            if replay.is_file():
+                model.replay_buffer.load_npz(replay)
+            else:
+                logger.warning("%s missing: resuming with an empty replay buffer", replay)
+        logger.info("resuming %s from %d steps", out_dir, state.timesteps)
+    else:
+        model = _build_model(resolved, cfg, env, device)
+    model.set_logger(
+        Logger(folder=str(out_dir), output_formats=[_AppendingCSV(str(out_dir / "progress.csv"))])
+    )
+
+    # 5. Learn, with a progress bar, periodic evaluation and checkpoints.
+    clock = time.perf_counter()
+    progress = _Progress(cfg.timesteps, cfg.progress_bar)
+    periodic = _EvalAndCheckpoint(
+        game=resolved, cfg=cfg, out=out_dir, state=state, clock_start=clock, progress=progress
+    )
+    try:
+        model.learn(
+            total_timesteps=cfg.timesteps - state.timesteps,
+            callback=CallbackList([progress, periodic]),
+            reset_num_timesteps=state.timesteps == 0,
+            log_interval=10,
+        )
+    except KeyboardInterrupt:
+        logger.warning("interrupted at %d steps; saving a checkpoint", model.num_timesteps)
+        save_checkpoint(model, out_dir, state, periodic.wall_time())
+        raise
+    finally:
+        env.close()
+    save_checkpoint(model, out_dir, state, periodic.wall_time())
+    wall_time = periodic.wall_time()
+
+    # 6. Final evaluation of the last network and of a random policy on the same seeded games.
+    q_net = q_network_from_sb3(model.policy.q_net).to(device)
+    episodes = cfg.eval.final_episodes
+    clean = summarize(evaluate_q_net(q_net, resolved, cfg, episodes=episodes))
+    rand = random_score(resolved, cfg, episodes=episodes)
+    logger.info(
+        "final score %.2f (random %.2f) over %d games", clean["mean"], rand["mean"], episodes
+    )
+
+    # 7. The agent folder: weights (safetensors) + card.
+    card = AgentCard(
+        name=out_dir.name,
+        game=resolved.name,
+        env_id=resolved.env_id,
+        algorithm=cfg.algorithm,
+        timesteps=int(model.num_timesteps),
+        hyperparameters={
+            **to_dict(cfg.dqn),
+            "timesteps": cfg.timesteps,
+            "n_envs": cfg.n_envs,
+            "policy": "CnnPolicy (Nature CNN)",
+        },
+        wrappers=cfg.env.describe(resolved),
+        clean_score=Score(mean=clean["mean"], std=clean["std"], episodes=int(clean["episodes"])),
+        random_score=float(rand["mean"]),
+        trained_on=utc_now(),
+        human_score=resolved.reference.human if resolved.reference else None,
+        seed=cfg.seed,
+        evaluation={
+            "episodes": episodes,
+            "policy": "greedy" if cfg.eval.epsilon == 0 else f"epsilon-greedy {cfg.eval.epsilon}",
+            "epsilon": cfg.eval.epsilon,
+            "seed": cfg.seed + cfg.eval.seed_offset,
+            "n_envs": min(cfg.eval.n_envs, episodes),
+            "random_policy_std": rand["std"],
+            "whole_games": True,
+            "unclipped_rewards": True,
+            "max_episode_frames": cfg.env.max_episode_frames,
+            "wall_time_s": round(wall_time, 1),
+            "device": device,
+            "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}",
+        },
+    )
+    agent_dir = out_dir / AGENT_DIR
+    card = save_agent(agent_dir, q_net.cpu(), card)
+    return TrainResult(
+        out=out_dir, agent_dir=agent_dir, card=card, timesteps=card.timesteps, wall_time_s=wall_time
+    )
+
+
+def save_run_config(out: Path, game: str, cfg: TrainConfig) -> None:
+    """Write the resolved configuration (and the game) to ``out/config.yaml``."""
+    atomic_write_text(
+        out / CONFIG_FILE, yaml.safe_dump({"game": game, **to_dict(cfg)}, sort_keys=False)
+    )
+
+
+def load_run_config(out: str | os.PathLike[str]) -> tuple[str, TrainConfig]:
+    """Read ``config.yaml`` of a run folder back into ``(game, TrainConfig)`` (for ``--resume``)."""
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"--resume: {path} not found")
+    data = load_yaml(path)
+    game = data.pop("game", None)
+    if not isinstance(game, str):
+        raise UserError(f"{path}: missing 'game'")
+    try:
+        return game, from_dict(TrainConfig, data)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
