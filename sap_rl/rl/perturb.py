@@ -28,11 +28,11 @@ What is perturbed
 Budget
     ``eps`` in grey levels of the 0-255 frames; every perturbed frame is within ``eps`` of the clean
     one (L-inf) and inside ``[0, 255]``. ``eps = 0`` returns the clean frames without running the
-    attack (``always_attack=True`` runs the full attack code path anyway, which must change nothing).
+    attack (``always_attack=True`` runs the whole attack path anyway, which must change nothing).
 
 Fractional eps and integer observations
-    The batched path never rounds: the Q-network gets the perturbed float frames, so ``eps=0.5`` is a
-    real half-level perturbation. The wrapper picks its observation space from ``eps``:
+    The batched path never rounds: the Q-network gets the perturbed float frames, so ``eps=0.5`` is
+    a real half-level perturbation. The wrapper picks its observation space from ``eps``:
 
     - integer ``eps`` (0, 1, 2, ...): ``Box(0, 255, uint8)`` as the env's, so SB3 still sees an
       image. FGSM from integer frames with an integer step gives integer frames, so nothing is
@@ -111,7 +111,7 @@ class _NewestFrame(nn.Module):
     def forward(self, newest: torch.Tensor) -> torch.Tensor:
         copies = newest.shape[0] // self.older.shape[0]
         older = self.older if copies == 1 else self.older.repeat(copies, 1, 1, 1)
-        return self.model(torch.cat([older, newest], dim=1))  # type: ignore[no-any-return]
+        return self.model(torch.cat([older, newest], dim=1))
 
 
 class ObservationAttack:
@@ -177,7 +177,7 @@ class ObservationAttack:
         with torch.no_grad():
             if self.action_samples > 1:
                 return mc_average(self.model, x, self.action_samples)
-            return self.model(x)  # type: ignore[no-any-return]
+            return self.model(x)
 
     def greedy(self, x: torch.Tensor) -> torch.Tensor:
         """The defended agent's greedy actions ``(B,)`` on frames ``x``."""
@@ -225,7 +225,7 @@ class ObservationAttack:
         return self.greedy(x), x
 
 
-class PerturbObservation(gym.ObservationWrapper):  # type: ignore[misc]
+class PerturbObservation(gym.ObservationWrapper):
     """A gymnasium wrapper that replaces each observation by its attacked version.
 
     Wrap an evaluation env from :func:`sap_rl.rl.envs.make_env` (observations ``(4, 84, 84)``

@@ -1,0 +1,128 @@
+"""Perturbed-play throughput: the batched evaluator vs a one-env-at-a-time wrapper loop.
+
+Four ways of playing the same capped games of a real ALE game, measured side by side:
+
+- ``batched fgsm``: the evaluator's path (:func:`sap_rl.rl.evaluate.play_matched_games` with
+  :func:`~sap_rl.rl.evaluate.agent_policy`): all ``n_envs`` games attacked in one
+  forward/backward pass per step;
+- ``wrapper fgsm``: the plain user loop (:func:`~sap_rl.rl.evaluate.play_wrapped`): one env at a
+  time wrapped in :class:`~sap_rl.rl.perturb.PerturbObservation`, one game after the other;
+- ``batched clean`` and ``wrapper clean``: the same loops at eps = 0 (no attack), for the attack's
+  overhead.
+
+Every round runs the four in a rotated order, so that load from other processes hits all alike;
+the figures are medians over rounds, and each ratio is the median of the per-round ratios.
+Env construction is inside the timed region for both loops. Agent steps per second count the
+agent's decisions (4 emulator frames each) over all games. The Q-network is the agent's (with
+``--agent``) or an untrained Nature-CNN of the same shape: the compute per step is the same.
+
+Usage::
+
+    nice -n 10 python benchmarks/bench_eval.py --game Pong --rounds 3
+
+Target: batched fgsm >= 3x wrapper fgsm (agent steps per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its table; returns 0."""
+    import torch
+
+    from sap_rl.defenses import apply_defense
+    from sap_rl.rl.agent import QNetwork, load_agent
+    from sap_rl.rl.envs import AtariPreprocessing, make_env, n_actions
+    from sap_rl.rl.evaluate import agent_policy, play_matched_games, play_wrapped
+    from sap_rl.rl.perturb import ObservationAttack
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--game", default="Pong")
+    parser.add_argument("--agent", default=None, help="agent folder (default: untrained net)")
+    parser.add_argument("--defense", default="dense")
+    parser.add_argument("--attack", default="fgsm")
+    parser.add_argument("--eps", type=float, default=2.0)
+    parser.add_argument("--n-envs", type=int, default=8, help="parallel envs of the batched path")
+    parser.add_argument("--batched-games", type=int, default=8)
+    parser.add_argument("--wrapper-games", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=300, help="cap per game (agent steps)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
+    args = parser.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.agent:
+        net, _ = load_agent(args.agent, game=args.game)
+    else:
+        net = QNetwork(n_actions(args.game)).eval()
+    model = apply_defense(net, args.defense).eval()
+    preprocessing = AtariPreprocessing(max_episode_frames=4 * args.max_steps)
+
+    def batched(eps: float) -> Callable[[], int]:
+        def run() -> int:
+            envs = [make_env(args.game, training=False, preprocessing=preprocessing)
+                    for _ in range(args.n_envs)]  # fmt: skip
+            attack = ObservationAttack(model, args.attack, eps)
+            games = play_matched_games(envs, agent_policy(attack), args.batched_games, seed=0)
+            for env in envs:
+                env.close()
+            return sum(g.length for g in games)
+
+        return run
+
+    def wrapper(eps: float) -> Callable[[], int]:
+        def run() -> int:
+            games = play_wrapped(args.game, model, args.wrapper_games, attack=args.attack,
+                                 eps=eps, max_steps=args.max_steps)  # fmt: skip
+            return sum(g.length for g in games)
+
+        return run
+
+    modes = {
+        f"batched {args.attack}": batched(args.eps),
+        f"wrapper {args.attack}": wrapper(args.eps),
+        "batched clean": batched(0.0),
+        "wrapper clean": wrapper(0.0),
+    }
+    names = list(modes)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            steps = modes[name]()
+            rates[name].append(steps / (time.perf_counter() - start))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.0f}" for n in names),
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
+    print(f"game {args.game}, defense {args.defense}, {args.attack} eps={args.eps:g}, "
+          f"n_envs {args.n_envs}, games capped at {args.max_steps} steps, "
+          f"torch threads {torch.get_num_threads()}, {args.rounds} rounds")  # fmt: skip
+    print(f"{'mode':<16} {'agent steps/s':>14} {'min':>8} {'max':>8}")
+    for name in names:
+        print(f"{name:<16} {statistics.median(rates[name]):>14.0f} "
+              f"{min(rates[name]):>8.0f} {max(rates[name]):>8.0f}")  # fmt: skip
+    attack = args.attack
+    print(f"batched / wrapper under {attack}: {ratio(f'batched {attack}', f'wrapper {attack}'):.2f}x "
+          "(target >= 3x)")  # fmt: skip
+    print(f"batched / wrapper clean:        {ratio('batched clean', 'wrapper clean'):.2f}x")
+    print(f"attack overhead, batched: clean / {attack} = "
+          f"{ratio('batched clean', f'batched {attack}'):.2f}x")  # fmt: skip
+    print(f"attack overhead, wrapper: clean / {attack} = "
+          f"{ratio('wrapper clean', f'wrapper {attack}'):.2f}x")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
