@@ -23,7 +23,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 # Names are imported on first use (PEP 562) so that ``sap-rl --help``, which imports
-# ``sap_rl.vision.commands``, does not pay for torch and scikit-learn.
+# ``sap_rl.vision.commands``, does not pay for torch and scikit-learn. The entry points
+# ``sap_rl.vision.train.train`` and ``sap_rl.vision.evaluate.evaluate`` are not re-exported: their
+# names are those of their modules.
 _EXPORTS = {
     "ReliabilityBins": "calibration",
     "expected_calibration_error": "calibration",
@@ -37,7 +39,6 @@ _EXPORTS = {
     "load_digits": "data",
     "EvalConfig": "evaluate",
     "ExpectedPrediction": "evaluate",
-    "evaluate": "evaluate",
     "predict_proba": "evaluate",
     "DigitsCNN": "models",
     "ModelCard": "models",
@@ -47,7 +48,6 @@ _EXPORTS = {
     "load_model": "models",
     "save_model": "models",
     "accuracy": "train",
-    "train": "train",
     "AdversarialConfig": "train_config",
     "LRStage": "train_config",
     "TrainConfig": "train_config",
@@ -70,7 +70,6 @@ __all__ = [
     "build_model",
     "count_parameters",
     "default_config",
-    "evaluate",
     "expected_calibration_error",
     "iterate_batches",
     "load_cifar10",
@@ -81,7 +80,6 @@ __all__ = [
     "predict_proba",
     "reliability_bins",
     "save_model",
-    "train",
 ]
 
 if TYPE_CHECKING:
@@ -99,7 +97,7 @@ if TYPE_CHECKING:
         load_dataset,
         load_digits,
     )
-    from sap_rl.vision.evaluate import EvalConfig, ExpectedPrediction, evaluate, predict_proba
+    from sap_rl.vision.evaluate import EvalConfig, ExpectedPrediction, predict_proba
     from sap_rl.vision.models import (
         DigitsCNN,
         ModelCard,
@@ -109,7 +107,7 @@ if TYPE_CHECKING:
         load_model,
         save_model,
     )
-    from sap_rl.vision.train import accuracy, train
+    from sap_rl.vision.train import accuracy
     from sap_rl.vision.train_config import (
         AdversarialConfig,
         LRStage,

@@ -188,8 +188,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     with ``pickle.load`` can run arbitrary code. This unpickler only resolves the globals needed to
     rebuild numpy arrays (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``,
     ``numpy.dtype``, ``numpy.core.numeric._frombuffer`` for protocol-5 files, and their
-    ``numpy._core`` spellings in numpy 2); every other global raises ``pickle.UnpicklingError``. Plain containers (dict, list, tuple, str, bytes, int) need no
-    globals at all.
+    ``numpy._core`` spellings in numpy 2); every other global raises ``pickle.UnpicklingError``.
+    Plain containers (dict, list, tuple, str, bytes, int) need no globals at all. The files are
+    read with ``encoding="bytes"`` because they were written by Python 2.
     """
 
     _ALLOWED = frozenset(

@@ -65,7 +65,7 @@ def test_cifar_accepts_the_folder_itself(fake_cifar: Callable[..., Path]) -> Non
 
 
 def test_cifar_missing_says_where_to_put_it(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="cifar-10-python.tar.gz") as err:
+    with pytest.raises(UserError, match=r"cifar-10-python\.tar\.gz") as err:
         load_cifar10(tmp_path)
     message = str(err.value)
     assert "\n" not in message and str(tmp_path / CIFAR10_FOLDER) in message
