@@ -85,6 +85,7 @@ __all__ = [
     "play_matched_games",
     "play_wrapped",
     "resolve_agent",
+    "set_threads",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class EvalConfig:
         max_steps: cap each game at about this many agent steps (``None``: 27,000).
         random_episodes: games of the uniform random policy, if the card has no random score.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+        threads: CPU threads of torch and of SAP's numba kernels during the run (``None``: as
+            they are). On a busy machine, 1 is often much faster than 2.
     """
 
     agent: str | None = None
@@ -143,14 +146,17 @@ class EvalConfig:
     max_steps: int | None = None
     random_episodes: int = 10
     device: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("episodes", "n_envs", "eot_samples", "action_samples", "random_episodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserError(f"max-steps must be >= 1, got {self.max_steps}")
+        for name in ("max_steps", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{name.replace('_', '-')} must be >= 1, got {value}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not 0.0 <= self.epsilon <= 1.0:
@@ -233,7 +239,7 @@ def _agent_roots() -> list[Path]:
 
 
 def find_agents() -> list[Path]:
-    """Shipped agent folders (``agents/<name>/card.json``) of the working directory and the repo.
+    """Agent folders (holding a ``card.json``) under ``agents/`` of the working dir and the repo.
 
     Example:
         >>> isinstance(find_agents(), list)
@@ -242,12 +248,14 @@ def find_agents() -> list[Path]:
     found: list[Path] = []
     for root in _agent_roots():
         if root.is_dir():
-            found.extend(sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file()))
+            found.extend(sorted(card.parent for card in root.rglob(CARD_FILE)))
     return found
 
 
 def resolve_agent(agent: str | os.PathLike[str] | None) -> Path:
-    """The agent folder for a path, a shipped agent's name, or ``None`` (first shipped agent).
+    """The agent folder for a path, a name under ``agents/``, or ``None`` (first shipped agent).
+
+    A training run folder (``runs/pong-ddqn-0``) resolves to the agent it exported (``agent/``).
 
     Raises:
         UserError: no such folder or name, or no agent installed (says how to train one).
@@ -267,13 +275,18 @@ def resolve_agent(agent: str | os.PathLike[str] | None) -> Path:
             )
         return shipped[0]
     path = Path(agent)
-    if path.exists():
-        return path
-    if path.name == str(agent):
-        for root in _agent_roots():
-            if (root / path.name).is_dir():
-                return root / path.name
-    names = ", ".join(p.name for p in find_agents()) or f"none installed (train one: {TRAIN_HINT})"
+    candidates = [path]
+    if not path.exists() and path.name == str(agent):
+        candidates += [root / path.name for root in _agent_roots()]
+    for candidate in candidates:
+        if candidate.exists():
+            # A training run folder holds its exported agent in ``agent/``.
+            run_agent = candidate / "agent"
+            if not (candidate / CARD_FILE).exists() and (run_agent / CARD_FILE).is_file():
+                return run_agent
+            return candidate
+    shipped = [p.parent.name if p.name == "agent" else p.name for p in find_agents()]
+    names = ", ".join(shipped) or f"none installed (train one: {TRAIN_HINT})"
     raise UserError(f"agent not found: {agent} (not a folder; shipped agents: {names})")
 
 
@@ -323,6 +336,7 @@ def evaluate(
     )  # fmt: skip
 
     started = time.perf_counter()
+    restore_threads = set_threads(config.threads) if config.threads else None
     envs = [make_env(game, training=False, preprocessing=_preprocessing(config))
             for _ in range(min(config.n_envs, config.episodes))]  # fmt: skip
     try:
@@ -342,6 +356,8 @@ def evaluate(
     finally:
         for env in envs:
             env.close()
+        if restore_threads is not None:
+            set_threads(*restore_threads)
 
     records = [(c.defense, attack, c.eps, g.reward)
                for c in cells for attack in _attacks_of(c, config) for g in done[c]]  # fmt: skip
@@ -756,6 +772,29 @@ def _seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def set_threads(torch_threads: int, numba_threads: int | None = None) -> tuple[int, int]:
+    """Set the CPU threads of torch and of SAP's numba kernels; returns the previous ``(torch,
+    numba)`` counts (pass them back to restore).
+
+    numba's OpenMP pool resets OpenMP's thread count (which torch reads) when it starts, at the
+    first SAP call of the process; starting it here first keeps the counts as asked.
+
+    Example:
+        >>> previous = set_threads(1)
+        >>> torch.get_num_threads()
+        1
+        >>> _ = set_threads(*previous)
+    """
+    import numba
+
+    previous_torch = torch.get_num_threads()
+    previous_numba = numba.get_num_threads()  # starts numba's pool (if not yet started)
+    limit = numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(max(1, min(numba_threads or torch_threads, limit)))
+    torch.set_num_threads(torch_threads)
+    return previous_torch, previous_numba
 
 
 def _resolve_device(name: str) -> torch.device:

@@ -62,6 +62,8 @@ def register(subparsers: Any) -> None:
     add("--random-episodes", type=int, metavar="N",
         help="games for the random-policy score if the card has none (default: 10)")  # fmt: skip
     add("--device", help="auto (default), cpu, cuda")
+    add("--threads", type=int, metavar="N",
+        help="CPU threads for torch and SAP (default: as is; 1 is best on a busy machine)")  # fmt: skip
     add("--out", metavar="DIR", help="output folder (default: runs/evaluate/<agent>)")
     add("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -94,7 +96,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.eps is not None:
         given["eps"] = _floats(args.eps, "--eps")
     for key in ("agent", "game", "episodes", "n_envs", "seed", "eot_samples", "action_samples",
-                "perturb", "epsilon", "max_steps", "random_episodes", "device"):  # fmt: skip
+                "perturb", "epsilon", "max_steps", "random_episodes", "device", "threads"):  # fmt: skip
         value = getattr(args, key)
         if value is not None:
             given[key] = value
