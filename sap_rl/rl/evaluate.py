@@ -285,8 +285,8 @@ def resolve_agent(agent: str | os.PathLike[str] | None) -> Path:
             if not (candidate / CARD_FILE).exists() and (run_agent / CARD_FILE).is_file():
                 return run_agent
             return candidate
-    shipped = [p.parent.name if p.name == "agent" else p.name for p in find_agents()]
-    names = ", ".join(shipped) or f"none installed (train one: {TRAIN_HINT})"
+    known = [p.parent.name if p.name == "agent" else p.name for p in find_agents()]
+    names = ", ".join(known) or f"none installed (train one: {TRAIN_HINT})"
     raise UserError(f"agent not found: {agent} (not a folder; shipped agents: {names})")
 
 
@@ -791,7 +791,7 @@ def set_threads(torch_threads: int, numba_threads: int | None = None) -> tuple[i
 
     previous_torch = torch.get_num_threads()
     previous_numba = numba.get_num_threads()  # starts numba's pool (if not yet started)
-    limit = numba.config.NUMBA_NUM_THREADS
+    limit = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     numba.set_num_threads(max(1, min(numba_threads or torch_threads, limit)))
     torch.set_num_threads(torch_threads)
     return previous_torch, previous_numba

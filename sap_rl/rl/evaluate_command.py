@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
         help="games for the random-policy score if the card has none (default: 10)")  # fmt: skip
     add("--device", help="auto (default), cpu, cuda")
     add("--threads", type=int, metavar="N",
-        help="CPU threads for torch and SAP (default: as is; 1 is best on a busy machine)")  # fmt: skip
+        help="CPU threads of torch and SAP (default: as is; 1 is best on busy CPUs)")  # fmt: skip
     add("--out", metavar="DIR", help="output folder (default: runs/evaluate/<agent>)")
     add("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -86,6 +86,12 @@ def _floats(text: str, flag: str) -> list[float]:
     return values
 
 
+_PLAIN_KEYS = (
+    "agent", "game", "episodes", "n_envs", "seed", "eot_samples", "action_samples", "perturb",
+    "epsilon", "max_steps", "random_episodes", "device", "threads",
+)  # fmt: skip
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~sap_rl.rl.evaluate.EvalConfig` keys given as flags (unset flags omitted)."""
     given: dict[str, Any] = {}
@@ -95,8 +101,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         given["attacks"] = _list(args.attack, "--attack")
     if args.eps is not None:
         given["eps"] = _floats(args.eps, "--eps")
-    for key in ("agent", "game", "episodes", "n_envs", "seed", "eot_samples", "action_samples",
-                "perturb", "epsilon", "max_steps", "random_episodes", "device", "threads"):  # fmt: skip
+    for key in _PLAIN_KEYS:
         value = getattr(args, key)
         if value is not None:
             given[key] = value

@@ -294,7 +294,7 @@ def test_agent_resolution(tmp_path: Path, agent_dir: Path, monkeypatch: pytest.M
     import sap_rl.rl.evaluate as module
 
     monkeypatch.setattr(module, "_agent_roots", lambda: [tmp_path / "agents"])
-    with pytest.raises(UserError, match="no agent is installed.*sap-rl train --game"):
+    with pytest.raises(UserError, match=r"no agent is installed.*sap-rl train --game"):
         resolve_agent(None)
     run = tmp_path / "agents" / "my-run"
     (run / "agent").mkdir(parents=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -173,13 +174,13 @@ def test_bad_settings_are_user_errors(net: QNetwork, kwargs: dict, message: str)
 def test_check_eps() -> None:
     assert check_eps(3) == 3.0
     with pytest.raises(UserError):
-        check_eps(True)  # type: ignore[arg-type]
+        check_eps(True)
 
 
 # ----------------------------------------------------------------------------- the wrapper
 
 
-def _env(seed: int = 0) -> PerturbObservation | object:
+def _env(seed: int = 0) -> gym.Env:
     return make_env(GAME, seed=seed, training=False,
                     preprocessing=AtariPreprocessing(max_episode_frames=400))  # fmt: skip
 
@@ -241,5 +242,6 @@ def test_stable_baselines3_evaluate_policy_runs_on_the_wrapper(net: QNetwork) ->
         rewards, lengths = evaluate_policy(
             model, env, n_eval_episodes=1, return_episode_rewards=True
         )
+        assert isinstance(rewards, list) and isinstance(lengths, list)
         assert len(rewards) == 1 and 0 < lengths[0] <= 100
         env.close()
