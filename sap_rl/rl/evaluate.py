@@ -327,7 +327,7 @@ def evaluate(
     _check_out(out_dir, fingerprint)
 
     cells = plan_cells(config)
-    done = {cell: games for cell in cells if (games := _load_cell(out_dir, cell)) is not None}
+    done = {c: games for c in cells if (games := _load_cell(out_dir, c, fingerprint)) is not None}
     skipped = len(done)
     atomic_write_json(out_dir / RUN_FILE, {"fingerprint": fingerprint})
     logger.info(
@@ -646,15 +646,22 @@ def _cell_path(out_dir: Path, cell: Cell) -> Path:
     return out_dir / CELLS_DIR / f"{cell.name}.json"
 
 
-def _load_cell(out_dir: Path, cell: Cell) -> list[GameRecord] | None:
+def _load_cell(out_dir: Path, cell: Cell, fingerprint: dict[str, Any]) -> list[GameRecord] | None:
+    """A finished cell's games, ``None`` if not played yet; a cell of other settings is an error."""
     path = _cell_path(out_dir, cell)
     if not path.is_file():
         return None
     data = read_json(path)
     try:
-        return [GameRecord(**g) for g in data["games"]]
+        games = [GameRecord(**g) for g in data["games"]]
+        stored = data["fingerprint"]
     except (KeyError, TypeError) as err:
         raise UserError(f"{path}: not a cell file of sap-rl evaluate ({err}); delete it") from None
+    if stored != fingerprint or len(games) != fingerprint["episodes"]:
+        raise UserError(
+            f"{path} was played with other settings; use another --out or delete that folder"
+        )
+    return games
 
 
 def _save_cell(

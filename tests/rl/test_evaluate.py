@@ -89,12 +89,12 @@ def _wrapped(net: torch.nn.Module, attack: str | None, eps: float, *, games: int
 
 def test_eps_zero_dense_reproduces_clean_play_exactly(net: QNetwork) -> None:
     """Same seeds, rewards and lengths: plain loop, evaluator at eps=0, forced attack path."""
-    clean = _wrapped(net, None, 0.0, games=3, max_steps=100)
+    clean = _wrapped(net, None, 0.0, games=3, max_steps=70)
     assert [seed for seed, _, _ in clean] == [0, 1, 2]
     assert len({reward for _, reward, _ in clean} | {length for _, _, length in clean}) > 2
-    assert _play(net, None, 0.0, n_envs=2, games=3, max_steps=100) == clean
-    assert _play(net, "fgsm", 0.0, n_envs=2, games=3, max_steps=100) == clean
-    forced = _play(net, "fgsm", 0.0, n_envs=2, games=3, max_steps=100, always_attack=True)
+    assert _play(net, None, 0.0, n_envs=2, games=3, max_steps=70) == clean
+    assert _play(net, "fgsm", 0.0, n_envs=2, games=3, max_steps=70) == clean
+    forced = _play(net, "fgsm", 0.0, n_envs=2, games=3, max_steps=70, always_attack=True)
     assert forced == clean
 
 
@@ -103,16 +103,16 @@ def test_eps_zero_dense_reproduces_clean_play_exactly(net: QNetwork) -> None:
 )  # fmt: skip
 def test_batched_evaluator_equals_the_wrapper_loop(net: QNetwork, eps: float, perturb: str) -> None:
     """Integer eps: uint8 wrapper frames; fractional eps: float32 frames; both exact."""
-    wrapped = _wrapped(net, "fgsm", eps, games=3, max_steps=80, perturb=perturb)
-    batched = _play(net, "fgsm", eps, n_envs=2, games=3, max_steps=80, perturb=perturb)
+    wrapped = _wrapped(net, "fgsm", eps, games=3, max_steps=70, perturb=perturb)
+    batched = _play(net, "fgsm", eps, n_envs=2, games=3, max_steps=70, perturb=perturb)
     assert batched == wrapped
     if eps >= 2:
-        assert batched != _wrapped(net, None, 0.0, games=3, max_steps=80)  # the attack matters
+        assert batched != _wrapped(net, None, 0.0, games=3, max_steps=70)  # the attack matters
 
 
 def test_which_env_slot_plays_a_game_does_not_matter(net: QNetwork) -> None:
-    one = _play(net, "fgsm", 1.0, n_envs=1, games=3, max_steps=60)
-    three = _play(net, "fgsm", 1.0, n_envs=3, games=3, max_steps=60)
+    one = _play(net, "fgsm", 1.0, n_envs=1, games=3, max_steps=40)
+    three = _play(net, "fgsm", 1.0, n_envs=3, games=3, max_steps=40)
     assert one == three
 
 
@@ -164,7 +164,7 @@ def test_bad_config_is_a_user_error(kwargs: dict, message: str) -> None:
 
 def _config(agent: Path, **overrides: object) -> EvalConfig:
     settings: dict = {"agent": str(agent), "defenses": ["dense", "sap-100"], "attacks": ["fgsm"],
-                      "eps": [0, 2], "episodes": 2, "n_envs": 2, "max_steps": 60}  # fmt: skip
+                      "eps": [0, 2], "episodes": 2, "n_envs": 2, "max_steps": 40}  # fmt: skip
     settings.update(overrides)
     return EvalConfig(**settings)
 
@@ -233,6 +233,9 @@ def test_settings_that_change_the_games_are_refused_for_an_existing_out(
         with pytest.raises(UserError, match="different evaluation"):
             evaluate(_config(agent_dir, defenses=["dense"], eps=[0], **change), out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+    (out / "run.json").unlink()  # the cells themselves remember their settings too
+    with pytest.raises(UserError, match="played with other settings"):
+        evaluate(_config(agent_dir, defenses=["dense"], eps=[0], episodes=3), out)
     evaluate(_config(agent_dir, defenses=["dense"], eps=[0], n_envs=1), out, progress=False)
 
 

@@ -123,7 +123,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         config = tmp_path / "bad.yaml"
         config.write_text("defences: [dense]\n")
         flags = ["--config", str(config)]
-    assert _exit_code(["evaluate", "--agent", agent, "--out", str(out), *flags, *SMALL]) == 2
+    assert _exit_code(["evaluate", "--agent", agent, "--out", str(out), *SMALL, *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
