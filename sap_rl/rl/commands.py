@@ -143,9 +143,13 @@ def _agents(args: argparse.Namespace) -> int:
         return 0
     print(f"{'agent':32s} {'game':16s} {'steps':>10s} {'clean score':>18s} {'random':>9s}")
     for path in cards:
-        card = read_card(path)
+        folder = path.parent.relative_to(root).as_posix()
+        try:
+            card = read_card(path)
+        except UserError as err:
+            print(f"{folder:32s} (unreadable card: {err})")
+            continue
         score = f"{card.clean_score.mean:.1f} +- {card.clean_score.std:.1f}"
         rand = "-" if card.random_score is None else f"{card.random_score:.1f}"
-        folder = path.parent.relative_to(root).as_posix()
         print(f"{folder:32s} {card.game:16s} {card.timesteps:>10d} {score:>18s} {rand:>9s}")
     return 0

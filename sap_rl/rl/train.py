@@ -32,6 +32,8 @@ import io
 import logging
 import os
 import platform
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,6 +320,17 @@ def random_score(game: Game, cfg: TrainConfig, *, episodes: int) -> dict[str, fl
     return summarize(games)
 
 
+def _interrupt_on_sigterm() -> Any:
+    """Turn SIGTERM into KeyboardInterrupt (so ``kill`` saves a checkpoint); returns the old one."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -418,6 +431,7 @@ def train(
     periodic = _EvalAndCheckpoint(
         game=resolved, cfg=cfg, out=out_dir, state=state, clock_start=clock, progress=progress
     )
+    previous_handler = _interrupt_on_sigterm()
     try:
         model.learn(
             total_timesteps=cfg.timesteps - state.timesteps,
@@ -425,11 +439,15 @@ def train(
             reset_num_timesteps=state.timesteps == 0,
             log_interval=10,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the work done so far
         logger.warning("interrupted at %d steps; saving a checkpoint", model.num_timesteps)
+        if previous_handler is not None:  # a second SIGTERM must not cut the checkpoint short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         save_checkpoint(model, out_dir, state, periodic.wall_time())
         raise
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         env.close()
     save_checkpoint(model, out_dir, state, periodic.wall_time())
     wall_time = periodic.wall_time()
