@@ -31,6 +31,20 @@ def test_committed_configs_match_presets(dataset: str) -> None:
     assert to_dict(from_yaml) == to_dict(default_config(dataset))
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_config_parses(path: Path) -> None:
+    from sap_rl.vision.evaluate import EvalConfig
+
+    cls = EvalConfig if path.name.startswith("eval-") else TrainConfig
+    config = load_config(cls, path)  # type: ignore[type-var]
+    if isinstance(config, EvalConfig):
+        from sap_rl.attacks import parse_attack
+        from sap_rl.defenses import parse_defense
+
+        assert all(parse_attack(a) for a in config.attacks)
+        assert all(parse_defense(d) for d in config.defenses)
+
+
 def test_cifar10_config_is_the_sap_paper_recipe() -> None:
     cfg = default_config("cifar10")
     assert (cfg.architecture, cfg.batch_size, cfg.momentum, cfg.weight_decay) == (
