@@ -20,6 +20,9 @@ Usage::
 
     nice -n 10 python benchmarks/bench_eval.py --game Pong --rounds 3
 
+Both loops use ``--threads`` CPU threads (default 1, the fastest setting on a busy 2-core machine;
+see docs/evaluation.md). ``--defense sap-100`` times a stochastic defense instead of ``dense``.
+
 Target: batched fgsm >= 3x wrapper fgsm (agent steps per second).
 """
 
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from sap_rl.defenses import apply_defense
     from sap_rl.rl.agent import QNetwork, load_agent
     from sap_rl.rl.envs import AtariPreprocessing, make_env, n_actions
-    from sap_rl.rl.evaluate import agent_policy, play_matched_games, play_wrapped
+    from sap_rl.rl.evaluate import agent_policy, play_matched_games, play_wrapped, set_threads
     from sap_rl.rl.perturb import ObservationAttack
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,16 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defense", default="dense")
     parser.add_argument("--attack", default="fgsm")
     parser.add_argument("--eps", type=float, default=2.0)
-    parser.add_argument("--n-envs", type=int, default=8, help="parallel envs of the batched path")
-    parser.add_argument("--batched-games", type=int, default=8)
-    parser.add_argument("--wrapper-games", type=int, default=2)
-    parser.add_argument("--max-steps", type=int, default=300, help="cap per game (agent steps)")
+    parser.add_argument("--n-envs", type=int, default=16, help="parallel envs of the batched path")
+    parser.add_argument("--batched-games", type=int, default=16)
+    parser.add_argument("--wrapper-games", type=int, default=3)
+    parser.add_argument("--max-steps", type=int, default=400, help="cap per game (agent steps)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (both loops)")
     args = parser.parse_args(argv)
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     if args.agent:
         net, _ = load_agent(args.agent, game=args.game)

@@ -342,7 +342,7 @@ def evaluate(
     try:
         random_score, random_source = _random_score(card, config, envs, out_dir)
         bar = _progress_bar(len(cells) * config.episodes, len(done) * config.episodes, progress)
-        with bar:
+        with bar, _logging_beside(bar):
             for cell in cells:
                 if cell in done:
                     continue
@@ -821,6 +821,15 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
 
     return tqdm(total=total, initial=initial, unit="game", dynamic_ncols=True,
                 disable=not enabled or not sys.stderr.isatty())  # fmt: skip
+
+
+def _logging_beside(bar: Any) -> contextlib.AbstractContextManager[Any]:
+    """Route log lines through the progress bar (so they do not break it) while it is shown."""
+    if bar.disable:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 def _log_cell(cell: Cell, games: Sequence[GameRecord], seconds: float) -> None:
