@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -192,10 +192,35 @@ def _caps(x_dtype: torch.dtype, work_dtype: torch.dtype) -> tuple[float, float]:
     return float(torch.finfo(work_dtype).max), float(torch.finfo(x_dtype).max) * 0.99
 
 
+def _match_torch_threads() -> int:
+    """Run numba kernels on as many threads as torch uses; return torch's count.
+
+    numba's OpenMP layer shares libgomp with torch and resets the process-wide OpenMP thread count
+    when its pool starts, so callers restore torch's count afterwards (see :func:`_multiplier_cpu`).
+    """
+    import numba
+
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    return threads
+
+
 def _multiplier_cpu(
     flat: torch.Tensor, r: int, mode: str, generator: torch.Generator | None
 ) -> torch.Tensor:
     from sap_rl import _sap_kernels
+
+    threads = _match_torch_threads()
+    try:
+        return _fill_cpu(_sap_kernels, flat, r, mode, generator)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _fill_cpu(
+    kernels: Any, flat: torch.Tensor, r: int, mode: str, generator: torch.Generator | None
+) -> torch.Tensor:
 
     neg_q = _neg_keep_prob(flat, r).contiguous()
     h = (flat if flat.dtype == neg_q.dtype else flat.to(neg_q.dtype)).contiguous().numpy()
@@ -204,9 +229,9 @@ def _multiplier_cpu(
     seed = _seed_from(generator)
     if mode == "exact":
         out = np.empty_like(neg_q_np)
-        _sap_kernels.exact_fill(h, neg_q_np, r, seed, m_cap, out_cap, out)
+        kernels.exact_fill(h, neg_q_np, r, seed, m_cap, out_cap, out)
         return torch.from_numpy(out)
-    _sap_kernels.fast_fill(h, neg_q_np, seed, m_cap, out_cap, neg_q_np)
+    kernels.fast_fill(h, neg_q_np, seed, m_cap, out_cap, neg_q_np)
     return neg_q
 
 

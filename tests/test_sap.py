@@ -337,3 +337,15 @@ def test_non_floating_and_unbatched_input_raise_value_error() -> None:
         sap(torch.ones(3))
     with pytest.raises(ValueError, match=r"no nn\.ReLU"):
         apply_sap(nn.Sequential(nn.Linear(2, 2), nn.Tanh()))
+
+
+def test_sap_leaves_torch_thread_count_alone() -> None:
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for mode in MODES:
+            sap(torch.rand(8, 50), mode=mode)
+            assert torch.get_num_threads() == 1
+            assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
