@@ -146,7 +146,7 @@ class CellResult:
     @property
     def accuracy(self) -> float:
         """Fraction of correct predictions."""
-        return float(self.correct.float().mean())
+        return float(self.correct.double().mean())
 
 
 class ExpectedPrediction(nn.Module):
@@ -235,6 +235,7 @@ def evaluate(
     batches = -(-n // config.batch_size)
     bar = _progress(total=total_cells * batches, quiet=quiet)
     results: dict[tuple[str, str, float], CellResult] = {}
+    reused = 0
     for spec in defenses:
         defended = spec.apply(model).to(dev).eval()
         todo: list[tuple[AttackSpec | None, float]] = [(None, 0.0)]
@@ -248,6 +249,7 @@ def evaluate(
                 cell = _run_cell(defended, spec, attack, eps, x, y, config, dev, bar)
                 _save_cell(path, cell, fingerprint)
             else:
+                reused += 1
                 bar.update(batches)
             results[(spec.name, name, eps)] = cell
         del defended
@@ -296,6 +298,7 @@ def evaluate(
         "dense_clean_accuracy": baseline,
         "calibration": calibration,
         "wall_seconds": round(time.perf_counter() - started, 2),
+        "cells": {"computed": len(results) - reused, "reused_from_earlier_run": reused},
         "device": str(dev),
         "versions": _versions(),
     }
