@@ -100,6 +100,7 @@ def _add_train(sub: Any) -> None:
         "--out", type=Path, help="model folder (default: runs/vision/<dataset>-<adversarial>)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
     p.add_argument(
         "--no-resume", action="store_true", help="start over even if --out holds a checkpoint"
     )
@@ -107,11 +108,19 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=_train)
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _train(args: argparse.Namespace) -> int:
     from sap_rl.config import from_dict, load_yaml, to_dict
     from sap_rl.vision.train import train
     from sap_rl.vision.train_config import TrainConfig, default_config
 
+    _set_threads(args.threads)
     if args.config is None:
         config = default_config(args.dataset or "digits")
     else:
@@ -217,6 +226,7 @@ def _add_evaluate(sub: Any) -> None:
         "--out", type=Path, help="output folder (default: runs/vision-eval/<model name>)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
 
@@ -239,6 +249,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sap_rl.config import from_dict, load_yaml
     from sap_rl.vision.evaluate import EvalConfig, evaluate
 
+    _set_threads(args.threads)
     data: dict[str, Any] = load_yaml(args.config) if args.config else {}
     for flag, key in _EVAL_FLAGS.items():
         value = getattr(args, flag)

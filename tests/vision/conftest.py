@@ -3,14 +3,16 @@ writer of small files in the exact CIFAR-10 pickle format."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from sap_rl.config import from_dict
 from sap_rl.vision.data import CIFAR10_CLASSES, CIFAR10_FOLDER, ImageDataset, load_digits
@@ -26,6 +28,27 @@ TINY_TRAIN = {
 }
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch single-threaded, then restore the thread count.
+
+    The digits models are tiny: on a shared 2-core machine, two intra-op threads waiting for each
+    other make each step several times slower than one thread.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def digits() -> ImageDataset:
     """scikit-learn's digits with the project's fixed split."""
@@ -36,7 +59,8 @@ def digits() -> ImageDataset:
 def digits_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A digits CNN trained for 3 epochs (about 90% test accuracy), as a model folder."""
     out = tmp_path_factory.mktemp("digits-model")
-    train(from_dict(TrainConfig, TINY_TRAIN), out, quiet=True)
+    with one_torch_thread():
+        train(from_dict(TrainConfig, TINY_TRAIN), out, quiet=True)
     return out
 
 
