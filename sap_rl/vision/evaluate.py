@@ -229,7 +229,7 @@ def evaluate(
     x, y = data.x_test[:n], data.y_test[:n]
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "eval_config.yaml")
-    fingerprint = _fingerprint(card, config, n)
+    fingerprint = _fingerprint(card, config, n, dev)
 
     total_cells = len(defenses) * (1 + len(attacks) * (len(eps_values) - 1))
     batches = -(-n // config.batch_size)
@@ -373,10 +373,16 @@ def _run_cell(
     return CellResult(torch.cat(correct), torch.cat(confidence), torch.cat(prediction))
 
 
-def _fingerprint(card: ModelCard, config: EvalConfig, n: int) -> str:
+def _fingerprint(card: ModelCard, config: EvalConfig, n: int, device: torch.device) -> str:
     """Everything a cell's numbers depend on besides its (defense, attack, eps) name."""
-    keys = ("mc_samples", "grad_samples", "eot_samples", "labels", "batch_size", "seed")
-    payload = {"model": card.sha256, "examples": n, **{k: getattr(config, k) for k in keys}}
+    keys = ("mc_samples", "grad_samples", "eot_samples", "labels", "batch_size", "max_batch")
+    keys += ("seed",)
+    payload = {
+        "model": card.sha256,
+        "examples": n,
+        "device": device.type,
+        **{k: getattr(config, k) for k in keys},
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
