@@ -375,7 +375,8 @@ def _run_cell(
 
 def _fingerprint(card: ModelCard, config: EvalConfig, n: int, device: torch.device) -> str:
     """Everything a cell's numbers depend on besides its (defense, attack, eps) name."""
-    keys = ["mc_samples", "grad_samples", "eot_samples", "labels", "batch_size", "max_batch", "seed"]
+    keys = ["mc_samples", "grad_samples", "eot_samples", "labels", "batch_size", "max_batch"]
+    keys.append("seed")
     payload = {
         "model": card.sha256,
         "examples": n,
