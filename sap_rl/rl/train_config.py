@@ -17,10 +17,10 @@ Example:
     ...                            game="Pong")
     >>> cfg.timesteps, cfg.seed, cfg.dqn.buffer_size
     (1000, 3, 100000)
-    >>> resolve_train_config({"default": {"dqn": {"lerning_rate": 1}}}, game="Pong")
+    >>> resolve_train_config({"default": {"dqn": {"gama": 1}}}, game="Pong")
     Traceback (most recent call last):
     ...
-    sap_rl.errors.UserError: unknown config key 'dqn.lerning_rate'; did you mean 'learning_rate'?
+    sap_rl.errors.UserError: unknown config key 'dqn.gama'; did you mean 'gamma'?
 """
 
 from __future__ import annotations
