@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}/{args.rounds}  {algo:5s} {rate:8.1f} steps/s", flush=True)
     dqn = statistics.median(rates["DQN"])
     ddqn = statistics.median(rates["DDQN"])
+    paired = [b / a for a, b in zip(rates["DQN"], rates["DDQN"], strict=True)]
     print(
         f"\n{args.game}, {args.steps} steps/run, train_freq={args.train_freq}, "
         f"n_envs={args.n_envs}, batch 32, torch threads={args.threads}, {args.rounds} rounds"
@@ -86,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DoubleDQN  median {ddqn:8.1f} steps/s")
     ratio = ddqn / dqn
     verdict = "met" if ratio >= 0.9 else "NOT met"
-    print(f"ratio DoubleDQN/DQN = {ratio:.3f}  (target >= 0.9: {verdict})")
+    print(f"per-round ratios: {', '.join(f'{r:.3f}' for r in paired)}")
+    print(
+        f"ratio DoubleDQN/DQN = {ratio:.3f} (medians; median of per-round ratios "
+        f"{statistics.median(paired):.3f})  target >= 0.9: {verdict}"
+    )
     return 0
 
 

@@ -449,6 +449,8 @@ def train(
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         env.close()
+    model.logger.record("time/total_timesteps", model.num_timesteps)
+    model.logger.dump(step=model.num_timesteps)  # flush the last evaluation into progress.csv
     save_checkpoint(model, out_dir, state, periodic.wall_time())
     wall_time = periodic.wall_time()
 

@@ -1,0 +1,176 @@
+"""Q-network layout, SB3 weight conversion and agent folders (save / load, every failure mode)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sap_rl.errors import UserError
+from sap_rl.rl.agent import (
+    CARD_FILE,
+    MODEL_FILE,
+    AgentCard,
+    QNetwork,
+    load_agent,
+    q_network_from_sb3,
+    read_card,
+    save_agent,
+)
+from sap_rl.rl.dqn import DoubleDQN
+from sap_rl.rl.envs import make_vec_env, obs_to_tensor
+
+
+def test_qnetwork_layout_for_sap() -> None:
+    net = QNetwork(6)
+    relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
+    assert len(relus) == 4
+    x = torch.full((3, 4, 84, 84), 128.0)
+    assert net(x).shape == (3, 6)
+    assert not any(isinstance(m, nn.Dropout | nn.BatchNorm2d) for m in net.modules())
+
+
+def test_sap_inserts_after_every_relu_of_the_qnetwork() -> None:
+    from sap_rl.sap import SAP, apply_sap, remove_sap
+
+    net = QNetwork(4).eval()
+    x = torch.rand(2, 4, 84, 84) * 255
+    clean = net(x)
+    apply_sap(net, 1.0)
+    assert sum(isinstance(m, SAP) for m in net.modules()) == 4
+    remove_sap(net)
+    assert torch.equal(net(x), clean)
+
+
+def test_sb3_q_net_maps_one_to_one() -> None:
+    env = make_vec_env("Pong", 2, seed=0, training=False)
+    model = DoubleDQN("CnnPolicy", env, buffer_size=10, device="cpu", seed=0)
+    obs = env.reset()
+    for _ in range(10):
+        obs, *_ = env.step(np.ones(2, dtype=np.int64))
+    ours = q_network_from_sb3(model.policy.q_net)
+    with torch.no_grad():
+        theirs_q = model.policy.q_net(torch.as_tensor(obs))
+        ours_q = ours(obs_to_tensor(obs))
+    assert torch.equal(theirs_q, ours_q)
+    assert len(list(ours.parameters())) == len(list(model.policy.q_net.parameters()))
+    env.close()
+
+
+def _card(game: str = "Breakout") -> AgentCard:
+    return AgentCard(name="t", game=game, env_id=f"ALE/{game}-v5")
+
+
+def test_save_and_load_roundtrip(tmp_path: Path) -> None:
+    net = QNetwork(4)
+    card = save_agent(tmp_path, net, _card())
+    assert (tmp_path / MODEL_FILE).is_file()
+    assert card.n_actions == 4
+    assert len(card.sha256) == 64
+    loaded, loaded_card = load_agent(tmp_path, game="BREAKOUT")
+    assert loaded_card == card
+    assert not loaded.training
+    x = torch.rand(5, 4, 84, 84) * 255
+    assert torch.equal(loaded(x), net(x))
+    # the card matches DESIGN.md's field list (plus optional additions)
+    data = json.loads((tmp_path / CARD_FILE).read_text())
+    design = ["name", "game", "env_id", "algorithm", "timesteps", "hyperparameters", "wrappers",
+              "clean_score", "random_score", "sha256", "sap_rl_version", "trained_on"]  # fmt: skip
+    assert list(data)[: len(design)] == design
+    assert set(data["clean_score"]) == {"mean", "std", "episodes"}
+    assert data["algorithm"] == "DDQN"
+
+
+def test_load_accepts_files_inside_the_folder(tmp_path: Path) -> None:
+    save_agent(tmp_path, QNetwork(4), _card())
+    load_agent(tmp_path / CARD_FILE)
+    load_agent(tmp_path / MODEL_FILE)
+
+
+def test_load_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_agent(tmp_path, QNetwork(4), _card())
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("unpickling is not allowed")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    load_agent(tmp_path)
+
+
+def _one_line_error(path: Path, match: str, **kwargs: str) -> None:
+    with pytest.raises(UserError, match=match) as err:
+        load_agent(path, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_files(tmp_path: Path) -> None:
+    _one_line_error(tmp_path / "nope", "agent folder not found")
+    save_agent(tmp_path / "a", QNetwork(4), _card())
+    (tmp_path / "a" / MODEL_FILE).unlink()
+    _one_line_error(tmp_path / "a", f"missing {MODEL_FILE}")
+    save_agent(tmp_path / "b", QNetwork(4), _card())
+    (tmp_path / "b" / CARD_FILE).unlink()
+    _one_line_error(tmp_path / "b", f"missing {CARD_FILE}")
+
+
+def test_corrupted_weights(tmp_path: Path) -> None:
+    save_agent(tmp_path, QNetwork(4), _card())
+    model = tmp_path / MODEL_FILE
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0xFF  # flip a weight byte: the file still parses, the checksum does not match
+    model.write_bytes(bytes(data))
+    _one_line_error(tmp_path, "SHA-256 .* does not match")
+
+
+def test_truncated_weights_with_matching_checksum(tmp_path: Path) -> None:
+    from sap_rl.io import sha256_file
+
+    save_agent(tmp_path, QNetwork(4), _card())
+    model = tmp_path / MODEL_FILE
+    model.write_bytes(model.read_bytes()[:1000])
+    card = json.loads((tmp_path / CARD_FILE).read_text())
+    card["sha256"] = sha256_file(model)
+    (tmp_path / CARD_FILE).write_text(json.dumps(card))
+    _one_line_error(tmp_path, "not a valid safetensors file")
+
+
+def test_wrong_game(tmp_path: Path) -> None:
+    save_agent(tmp_path, QNetwork(4), _card())
+    _one_line_error(tmp_path, "trained on Breakout, not Pong", game="pong")
+    _one_line_error(tmp_path, "unknown game", game="Pnog")
+
+
+def test_wrong_action_count(tmp_path: Path) -> None:
+    # A 4-action network whose card claims Pong (6 actions).
+    save_agent(tmp_path, QNetwork(4), _card("Pong"))
+    _one_line_error(tmp_path, "4 actions but Pong has 6")
+    # Card and weights disagree.
+    save_agent(tmp_path / "b", QNetwork(4), _card())
+    card = json.loads((tmp_path / "b" / CARD_FILE).read_text())
+    card["n_actions"] = 18
+    (tmp_path / "b" / CARD_FILE).write_text(json.dumps(card))
+    _one_line_error(tmp_path / "b", "card.json says 18")
+
+
+def test_bad_card(tmp_path: Path) -> None:
+    save_agent(tmp_path, QNetwork(4), _card())
+    card_path = tmp_path / CARD_FILE
+    card = json.loads(card_path.read_text())
+    card["colour"] = "blue"
+    card_path.write_text(json.dumps(card))
+    _one_line_error(tmp_path, "unknown config key 'colour'")
+    card_path.write_text("{not json")
+    _one_line_error(tmp_path, "not valid JSON")
+    del card["colour"]
+    card["clean_score"] = {"mean": "high"}
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(UserError, match=r"clean_score\.mean"):
+        read_card(tmp_path)

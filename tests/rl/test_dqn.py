@@ -1,0 +1,227 @@
+"""Double DQN target, SB3 compatibility and the frame-sharing replay buffer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import DQN
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+from sap_rl.errors import UserError
+from sap_rl.rl.dqn import (
+    DoubleDQN,
+    FrameStackNStepReplayBuffer,
+    FrameStackReplayBuffer,
+    double_dqn_target,
+    dqn_target,
+)
+from sap_rl.rl.envs import make_vec_env
+
+
+def test_double_target_differs_from_dqn_exactly_where_networks_disagree() -> None:
+    # Hand-built batch of 4 transitions, 3 actions.
+    rewards = torch.tensor([[1.0], [0.0], [-1.0], [0.5]])
+    dones = torch.tensor([[0.0], [0.0], [1.0], [0.0]])
+    gamma = 0.9
+    online = torch.tensor(
+        [
+            [1.0, 5.0, 2.0],  # online argmax 1, target argmax 1 -> agree
+            [9.0, 0.0, 1.0],  # online argmax 0, target argmax 2 -> disagree
+            [0.0, 3.0, 0.0],  # disagree, but the transition is terminal
+            [0.0, 0.0, 7.0],  # online argmax 2, target argmax 0 -> disagree
+        ]
+    )
+    target = torch.tensor(
+        [
+            [0.0, 4.0, 1.0],
+            [2.0, 1.0, 6.0],
+            [8.0, 1.0, 0.0],
+            [3.0, 1.0, -2.0],
+        ]
+    )
+    double = double_dqn_target(rewards, dones, gamma, online, target)
+    vanilla = dqn_target(rewards, dones, gamma, target)
+    expected_double = torch.tensor([[1 + 0.9 * 4.0], [0 + 0.9 * 2.0], [-1.0], [0.5 + 0.9 * -2.0]])
+    expected_vanilla = torch.tensor([[1 + 0.9 * 4.0], [0 + 0.9 * 6.0], [-1.0], [0.5 + 0.9 * 3.0]])
+    torch.testing.assert_close(double, expected_double)
+    torch.testing.assert_close(vanilla, expected_vanilla)
+    disagree = (online.argmax(1) != target.argmax(1)) & (dones[:, 0] == 0)
+    assert torch.equal((double != vanilla)[:, 0], disagree)
+    # Double DQN never exceeds the max over the target network.
+    assert torch.all(double <= vanilla)
+
+
+def test_double_target_uses_per_sample_n_step_discounts() -> None:
+    discounts = torch.tensor([[0.99**3], [0.99]])
+    out = double_dqn_target(
+        torch.zeros(2, 1), torch.zeros(2, 1), discounts, torch.eye(2), torch.ones(2, 2) * 2
+    )
+    torch.testing.assert_close(out, 2 * discounts)
+
+
+@pytest.fixture(scope="module")
+def pong_model() -> DoubleDQN:
+    env = make_vec_env("Pong", 1, seed=0, training=True)
+    return DoubleDQN("CnnPolicy", env, buffer_size=64, learning_starts=10, device="cpu", seed=0)
+
+
+def test_td_target_on_a_real_network_pair(pong_model: DoubleDQN) -> None:
+    model = pong_model
+    torch.manual_seed(1)
+    with torch.no_grad():  # make the target network clearly different from the online one
+        for p in model.q_net_target.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    obs = torch.randint(0, 256, (16, 4, 84, 84), dtype=torch.uint8)
+    next_obs = torch.randint(0, 256, (16, 4, 84, 84), dtype=torch.uint8)
+    batch = ReplayBufferSamples(
+        observations=obs,
+        actions=torch.zeros(16, 1, dtype=torch.long),
+        next_observations=next_obs,
+        dones=torch.zeros(16, 1),
+        rewards=torch.ones(16, 1),
+    )
+    target = model.td_target(batch)
+    with torch.no_grad():
+        q_online = model.q_net(next_obs)
+        q_target = model.q_net_target(next_obs)
+    chosen = q_target.gather(1, q_online.argmax(1, keepdim=True))
+    torch.testing.assert_close(target, 1.0 + model.gamma * chosen)
+    vanilla = dqn_target(batch.rewards, batch.dones, model.gamma, q_target)
+    disagree = q_online.argmax(1) != q_target.argmax(1)
+    assert disagree.any(), "the perturbed networks should disagree somewhere"
+    assert torch.equal((target != vanilla)[:, 0], disagree)
+
+
+class _CountCalls(BaseCallback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def _on_step(self) -> bool:
+        self.calls += 1
+        return True
+
+
+@pytest.mark.filterwarnings("ignore:`n_steps=3` is ignored:UserWarning")  # SB3 quirk on load
+def test_sb3_features_keep_working(tmp_path: Path) -> None:
+    # Two envs, n-step returns, a callback, logging, save and load.
+    env = make_vec_env("Breakout", 2, seed=0, training=True)
+    model = DoubleDQN(
+        "CnnPolicy",
+        env,
+        buffer_size=400,
+        learning_starts=50,
+        n_steps=3,
+        train_freq=2,
+        target_update_interval=50,
+        device="cpu",
+        seed=0,
+    )
+    assert isinstance(model.replay_buffer, NStepReplayBuffer)
+    callback = _CountCalls()
+    model.learn(200, callback=callback)
+    assert model.num_timesteps == 200
+    assert callback.calls == 100  # one call per vectorized step of 2 envs
+    assert model._n_updates > 0
+    path = tmp_path / "ddqn.zip"
+    model.save(path)
+    loaded = DoubleDQN.load(path, env=env, device="cpu")
+    assert type(loaded) is DoubleDQN
+    obs = env.reset()
+    with torch.no_grad():
+        a = model.q_net(torch.as_tensor(obs))
+        b = loaded.q_net(torch.as_tensor(obs))
+    assert torch.equal(a, b)
+    loaded.learn(40, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 240
+    env.close()
+
+
+def test_double_dqn_is_a_dqn() -> None:
+    assert issubclass(DoubleDQN, DQN)
+    assert DoubleDQN.train is not DQN.train
+
+
+def _fill(buffer: ReplayBuffer, steps: int, seed: int = 0) -> None:
+    env = make_vec_env("Breakout", buffer.n_envs, seed=seed, training=True)
+    obs = env.reset()
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        actions = rng.integers(4, size=env.num_envs)
+        new_obs, rewards, dones, infos = env.step(actions)
+        next_obs = new_obs.copy()
+        for i, done in enumerate(dones):
+            if done:
+                next_obs[i] = infos[i]["terminal_observation"]
+        buffer.add(obs, next_obs, actions, rewards, dones, infos)
+        obs = new_obs
+    env.close()
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "kwargs"),
+    [
+        (FrameStackReplayBuffer, ReplayBuffer, {}),
+        (FrameStackNStepReplayBuffer, NStepReplayBuffer, {"n_steps": 3, "gamma": 0.99}),
+    ],
+)
+def test_frame_sharing_buffer_matches_sb3_buffer(
+    ours: type[ReplayBuffer], theirs: type[ReplayBuffer], kwargs: dict[str, float]
+) -> None:
+    env = make_vec_env("Breakout", 2, seed=0, training=True)
+    space, actions = env.observation_space, env.action_space
+    env.close()
+    a = ours(150, space, actions, device="cpu", n_envs=2, **kwargs)
+    b = theirs(150, space, actions, device="cpu", n_envs=2, **kwargs)
+    _fill(a, 100)  # wraps around (buffer 75 per env)
+    _fill(b, 100)
+    assert a.full and b.full
+    for seed in range(3):
+        np.random.seed(seed)  # noqa: NPY002 - SB3 buffers sample with the global generator
+        sa = a.sample(32)
+        np.random.seed(seed)  # noqa: NPY002
+        sb = b.sample(32)
+        for field in ("observations", "next_observations", "actions", "rewards", "dones"):
+            assert torch.equal(getattr(sa, field), getattr(sb, field)), field
+    # 5 frames per transition instead of 8
+    used = a.observations.nbytes + a.next_observations.nbytes
+    assert used * 8 == (b.observations.nbytes + b.next_observations.nbytes) * 5
+
+
+def test_frame_sharing_buffer_save_load_roundtrip(tmp_path: Path) -> None:
+    env = make_vec_env("Breakout", 1, seed=0, training=True)
+    space, actions = env.observation_space, env.action_space
+    env.close()
+    a = FrameStackNStepReplayBuffer(100, space, actions, device="cpu", n_steps=3, gamma=0.99)
+    _fill(a, 40)
+    a.save_npz(tmp_path / "replay.npz")
+    b = FrameStackNStepReplayBuffer(100, space, actions, device="cpu", n_steps=3, gamma=0.99)
+    b.load_npz(tmp_path / "replay.npz")
+    assert (b.pos, b.full) == (a.pos, a.full) == (40, False)
+    np.random.seed(0)  # noqa: NPY002 - SB3 buffers sample with the global generator
+    sa = a.sample(16)
+    np.random.seed(0)  # noqa: NPY002
+    sb = b.sample(16)
+    assert torch.equal(sa.next_observations, sb.next_observations)
+    assert torch.equal(sa.rewards, sb.rewards)
+    small = FrameStackNStepReplayBuffer(50, space, actions, device="cpu", n_steps=3, gamma=0.99)
+    with pytest.raises(UserError, match="does not match"):
+        small.load_npz(tmp_path / "replay.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="unreadable"):
+        b.load_npz(tmp_path / "bad.npz")
+
+
+def test_frame_sharing_buffer_rejects_unshifted_stacks() -> None:
+    env = make_vec_env("Breakout", 1, seed=0, training=True)
+    buffer = FrameStackReplayBuffer(10, env.observation_space, env.action_space, device="cpu")
+    obs = env.reset()
+    env.close()
+    unrelated = np.full_like(obs, 7)
+    with pytest.raises(RuntimeError, match="shifted"):
+        buffer.add(obs, unrelated, np.zeros(1), np.zeros(1), np.zeros(1), [{}])

@@ -1,0 +1,123 @@
+"""End-to-end training on the real ALE (tiny settings): outputs, save -> load, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from sap_rl.errors import UserError
+from sap_rl.rl.agent import load_agent
+from sap_rl.rl.dqn import DoubleDQN
+from sap_rl.rl.envs import make_vec_env, obs_to_tensor
+from sap_rl.rl.train import load_run_config, train
+from sap_rl.rl.train_config import TrainConfig, resolve_train_config
+
+TINY_STEPS = 300  # as in conftest.TINY_CONFIG
+
+
+def test_run_folder_contents(trained_run: Path) -> None:
+    for name in ("config.yaml", "progress.csv", "eval.csv", "checkpoint/model.zip",
+                 "checkpoint/replay.npz", "checkpoint/state.json", "agent/model.safetensors",
+                 "agent/card.json"):  # fmt: skip
+        assert (trained_run / name).is_file(), name
+    game, cfg = load_run_config(trained_run)
+    assert game == "Breakout"
+    assert cfg.timesteps == TINY_STEPS
+    assert yaml.safe_load((trained_run / "config.yaml").read_text())["dqn"]["n_steps"] == 3
+    rows = list(csv.DictReader((trained_run / "eval.csv").open()))
+    assert [int(r["timesteps"]) for r in rows] == [150, 300]
+    assert all(float(r["wall_time_s"]) > 0 for r in rows)
+
+
+def test_card_has_clean_and_random_scores(trained_run: Path) -> None:
+    card = json.loads((trained_run / "agent" / "card.json").read_text())
+    assert card["game"] == "Breakout"
+    assert card["env_id"] == "ALE/Breakout-v5"
+    assert card["algorithm"] == "DDQN"
+    assert card["timesteps"] == TINY_STEPS
+    assert card["clean_score"]["episodes"] == 2
+    assert isinstance(card["random_score"], float)
+    assert card["human_score"] == 30.5
+    assert card["hyperparameters"]["n_steps"] == 3
+    assert card["wrappers"]["frame_stack"] == 4
+    assert card["wrappers"]["repeat_action_probability"] == 0.0
+    assert card["evaluation"]["whole_games"] is True
+
+
+def test_save_load_gives_identical_q_values(trained_run: Path) -> None:
+    net, card = load_agent(trained_run / "agent", game="breakout")
+    sb3 = DoubleDQN.load(trained_run / "checkpoint" / "model.zip", device="cpu")
+    assert sb3.num_timesteps == card.timesteps
+    venv = make_vec_env("Breakout", 4, seed=3, training=False)
+    obs = venv.reset()
+    for _ in range(20):
+        obs, *_ = venv.step(np.random.default_rng(0).integers(4, size=4))
+    venv.close()
+    with torch.no_grad():
+        ours = net(obs_to_tensor(obs))
+        theirs = sb3.q_net(torch.as_tensor(obs))
+    assert torch.equal(ours, theirs)
+    assert ours.shape == (4, 4)
+
+
+def test_resume_continues_the_step_count(run_copy: Path) -> None:
+    _, cfg = load_run_config(run_copy)
+    cfg.timesteps = TINY_STEPS + 100
+    result = train("Breakout", cfg, out=run_copy, resume=True)
+    assert result.timesteps == TINY_STEPS + 100
+    assert result.card.timesteps == TINY_STEPS + 100
+    state = json.loads((run_copy / "checkpoint" / "state.json").read_text())
+    assert state["timesteps"] == TINY_STEPS + 100
+    assert [e["timesteps"] for e in state["evaluations"]] == [150, 300]
+    rows = list(csv.DictReader((run_copy / "progress.csv").open()))
+    steps = [int(r["time/total_timesteps"]) for r in rows if r["time/total_timesteps"]]
+    assert max(steps) > TINY_STEPS  # the SB3 log continued past the checkpoint, same file
+    assert min(steps) < TINY_STEPS
+    model = DoubleDQN.load(run_copy / "checkpoint" / "model.zip", device="cpu")
+    assert model.num_timesteps == TINY_STEPS + 100
+
+
+def test_existing_checkpoint_needs_resume(trained_run: Path) -> None:
+    _, cfg = load_run_config(trained_run)
+    with pytest.raises(UserError, match="already has a checkpoint at 300 steps; pass --resume"):
+        train("Breakout", cfg, out=trained_run)
+    with pytest.raises(UserError, match="already >= --timesteps"):
+        train("Breakout", cfg, out=trained_run, resume=True)
+
+
+def test_resume_without_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no checkpoint"):
+        train("Pong", TrainConfig(timesteps=10), out=tmp_path / "empty", resume=True)
+
+
+def test_interrupted_run_resumes(
+    tmp_path: Path, tiny_config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sap_rl.rl import train as train_module
+
+    cfg = resolve_train_config(yaml.safe_load(tiny_config_file.read_text()), game="Breakout")
+    cfg.eval.freq = 120
+    cfg.checkpoint_freq = 0  # no periodic checkpoints: only the interruption saves one
+    original = train_module._EvalAndCheckpoint.evaluate
+
+    def interrupt(self: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module._EvalAndCheckpoint, "evaluate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train("Breakout", cfg, out=tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["timesteps"] == 120
+    assert not (tmp_path / "run" / "agent").exists()
+
+    monkeypatch.setattr(train_module._EvalAndCheckpoint, "evaluate", original)
+    result = train("Breakout", cfg, out=tmp_path / "run", resume=True)
+    assert result.card.timesteps == TINY_STEPS
+    rows = list(csv.DictReader((tmp_path / "run" / "eval.csv").open()))
+    assert [int(r["timesteps"]) for r in rows] == [240]
