@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sap_rl.errors import UserError
-from sap_rl.sap import deterministic
+from sap_rl.sap import deterministic, mc_average
 
 __all__ = [
     "ATTACK_NAMES_HELP",
@@ -113,17 +113,7 @@ def predict(
 def _mean_output(
     model: nn.Module, x: torch.Tensor, samples: int, max_batch: int | None
 ) -> torch.Tensor:
-    batch = x.shape[0]
-    per_chunk = samples if max_batch is None else max(1, max_batch // max(batch, 1))
-    total: torch.Tensor | None = None
-    done = 0
-    while done < samples:
-        n = min(per_chunk, samples - done)
-        out = model(_copies(x, n)).reshape(n, batch, -1).sum(dim=0)
-        total = out if total is None else total + out
-        done += n
-    assert total is not None
-    return total / samples
+    return mc_average(model, x, samples, max_batch=max_batch).reshape(x.shape[0], -1)
 
 
 def input_gradient(

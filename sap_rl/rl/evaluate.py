@@ -65,6 +65,7 @@ from sap_rl import __version__
 from sap_rl.attacks import parse_attack
 from sap_rl.config import to_dict
 from sap_rl.defenses import parse_defense
+from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_write_json, read_json
 from sap_rl.report import SummaryRow, plot_metric, summarize, write_csv, write_summary
@@ -318,7 +319,7 @@ def evaluate(
         >>> [(r.defense, r.eps, r.relative) for r in result.rows]  # doctest: +SKIP
     """
     folder = resolve_agent(config.agent)
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     net, card = load_agent(folder, game=config.game, device=device)
     game = resolve_game(card.game)
     default_out = Path("runs") / "evaluate" / (card.name or folder.name)
@@ -802,18 +803,6 @@ def set_threads(torch_threads: int, numba_threads: int | None = None) -> tuple[i
     numba.set_num_threads(max(1, min(numba_threads or torch_threads, limit)))
     torch.set_num_threads(torch_threads)
     return previous_torch, previous_numba
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA GPU is available; use --device cpu")
-    return device
 
 
 def _progress_bar(total: int, initial: int, enabled: bool) -> Any:

@@ -48,6 +48,7 @@ from stable_baselines3.common.logger import CSVOutputFormat, Logger
 from stable_baselines3.common.utils import set_random_seed
 
 from sap_rl.config import from_dict, load_yaml, to_dict
+from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from sap_rl.rl.agent import AgentCard, Score, q_network_from_sb3, save_agent, utc_now
@@ -331,16 +332,6 @@ def _interrupt_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"--device {device}: CUDA is not available on this machine; use cpu or auto"
-        )
-    return device
-
-
 def _build_model(game: Game, cfg: TrainConfig, env: Any, device: str) -> DQN:
     cls = DoubleDQN if cfg.algorithm == "DDQN" else DQN
     kwargs = cfg.dqn.sb3_kwargs()
@@ -396,7 +387,7 @@ def train(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(out_dir, resolved.name, cfg)
-    device = _resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))
 
     # 2. Seed everything; limit CPU threads if asked (shared machines).
     if cfg.torch_threads > 0:

@@ -43,6 +43,7 @@ from torch import nn
 
 from sap_rl import __version__
 from sap_rl.config import from_dict, load_yaml, save_config, to_dict
+from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_path, atomic_write_json, load_tensors, read_json, save_tensors
 from sap_rl.vision.adversarial import kurakin_loss, paper_batch
@@ -82,23 +83,6 @@ def seed_for(*parts: int | str) -> int:
              for p in parts]  # fmt: skip
     state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; otherwise ``torch.device(name)``.
-
-    Raises:
-        UserError: an unknown or unavailable device.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA GPU is available; use --device cpu")
-    return device
 
 
 def accuracy(
