@@ -34,6 +34,7 @@ __all__ = [
     "SummaryRow",
     "plot_metric",
     "read_summary_csv",
+    "save_figure",
     "summarize",
     "write_csv",
     "write_summary",
@@ -208,6 +209,13 @@ def plot_metric(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
+    """Write a matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

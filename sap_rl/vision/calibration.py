@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sap_rl.io import atomic_path
+from sap_rl.report import save_figure
 
 __all__ = [
     "ReliabilityBins",
@@ -153,6 +153,4 @@ def plot_reliability(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

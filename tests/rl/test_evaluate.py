@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,20 +27,11 @@ from sap_rl.rl.evaluate import (
     play_wrapped,
     random_game_policy,
     resolve_agent,
-    set_threads,
 )
 from sap_rl.rl.perturb import ObservationAttack
 
 GAME = "Assault"
 N_ACTIONS = 7
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One thread for torch and SAP's numba kernels (the shared test machine is busy)."""
-    previous = set_threads(1)
-    yield
-    set_threads(*previous)
 
 
 @pytest.fixture(scope="module")

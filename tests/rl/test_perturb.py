@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -15,19 +13,10 @@ from sap_rl.defenses import apply_defense
 from sap_rl.errors import UserError
 from sap_rl.rl.agent import QNetwork
 from sap_rl.rl.envs import AtariPreprocessing, make_env, obs_to_tensor
-from sap_rl.rl.evaluate import set_threads
 from sap_rl.rl.perturb import ObservationAttack, PerturbObservation, check_eps
 
 GAME = "Assault"  # 7 actions; an untrained agent's score reacts to perturbations
 N_ACTIONS = 7
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One thread for torch and SAP's numba kernels (the shared test machine is busy)."""
-    previous = set_threads(1)
-    yield
-    set_threads(*previous)
 
 
 @pytest.fixture(scope="module")
