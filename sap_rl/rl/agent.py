@@ -162,6 +162,8 @@ class AgentCard:
     # --- additions ---
     n_actions: int | None = None
     human_score: float | None = None
+    reference_random_score: float | None = None
+    human_normalized: float | None = None
     seed: int | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
@@ -169,6 +171,32 @@ class AgentCard:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready dict in field order."""
         return to_dict(self)
+
+    def with_reference_scores(self) -> AgentCard:
+        """A copy with ``human_score``, ``reference_random_score`` and ``human_normalized`` set.
+
+        The references are the standard Atari tables (:data:`sap_rl.rl.games.REFERENCE_SCORES`);
+        ``human_normalized`` is ``(clean mean - random) / (human - random)`` with those tables'
+        random score (the card's own ``random_score`` is measured on the card's games).
+
+        Example:
+            >>> card = AgentCard(name="a", game="Krull", env_id="ALE/Krull-v5",
+            ...                  clean_score=Score(mean=2665.5, episodes=1))
+            >>> round(card.with_reference_scores().human_normalized, 3)
+            1.0
+        """
+        from sap_rl.rl.games import resolve_game
+
+        game = resolve_game(self.game)
+        ref = game.reference
+        if ref is None:
+            return self
+        return dataclasses.replace(
+            self,
+            human_score=ref.human,
+            reference_random_score=ref.random,
+            human_normalized=game.normalized(self.clean_score.mean),
+        )
 
 
 def _version() -> str:

@@ -1,4 +1,4 @@
-"""``sap-rl train`` and ``sap-rl agents``; ``evaluate`` lives in :mod:`sap_rl.rl.evaluate_command`.
+"""``sap-rl train``, ``sap-rl score`` and ``sap-rl agents``; ``evaluate`` lives in :mod:`sap_rl.rl.evaluate_command`.
 
 Heavy imports (torch, gymnasium, stable-baselines3) happen inside the handlers.
 """
@@ -16,6 +16,7 @@ from sap_rl.rl import evaluate_command
 def register(subparsers: Any) -> None:
     """Add the RL sub-commands to ``subparsers``."""
     _register_train(subparsers)
+    _register_score(subparsers)
     _register_agents(subparsers)
     evaluate_command.register(subparsers)
 
@@ -27,6 +28,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
@@ -67,6 +78,13 @@ def _register_train(subparsers: Any) -> None:
         action="store_true",
         help="continue the run in --out from its last checkpoint (its config.yaml is reused; "
         "--timesteps may raise the total)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=_positive_float,
+        metavar="MINUTES",
+        help="stop learning after MINUTES of wall-clock time and finish the run as usual "
+        "(final evaluation, agent folder); --resume continues it",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_train)
@@ -110,7 +128,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_train_config(args.config, game=game, overrides=overrides)
         out = Path(args.out) if args.out else default_out(game, cfg.seed, cfg.algorithm)
 
-    result = train(game, cfg, out=out, resume=args.resume)
+    time_limit_s = 60.0 * args.time_limit if args.time_limit else 0.0
+    result = train(game, cfg, out=out, resume=args.resume, time_limit_s=time_limit_s)
     card = result.card
     print(f"agent: {result.agent_dir}")
     print(
@@ -118,6 +137,40 @@ def _train(args: argparse.Namespace) -> int:
         f"clean score {card.clean_score.mean:.2f} +- {card.clean_score.std:.2f} over "
         f"{card.clean_score.episodes} games (random policy {card.random_score:.2f})"
     )
+    return 0
+
+
+def _register_score(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="re-score an agent on more whole games and update its card",
+        description=(
+            "Play EPISODES whole games (greedy, unclipped rewards, the card's preprocessing and "
+            "evaluation seeds) with the agent and with a seeded random policy on the same games, "
+            "then rewrite AGENT/card.json with both scores. The weights are not touched."
+        ),
+    )
+    parser.add_argument("agent", help="agent folder (model.safetensors + card.json)")
+    parser.add_argument(
+        "--episodes", type=_positive_int, default=30, help="whole games to play (default: 30)"
+    )
+    parser.add_argument(
+        "--n-envs", type=_positive_int, default=5, help="games played in parallel (default: 5)"
+    )
+    parser.set_defaults(func=_score)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from sap_rl.rl.score import score_agent
+
+    card = score_agent(args.agent, episodes=args.episodes, n_envs=args.n_envs)
+    line = (
+        f"{card.name} ({card.game}): {card.clean_score.mean:.2f} +- {card.clean_score.std:.2f} "
+        f"over {card.clean_score.episodes} games; random policy {card.random_score:.2f}"
+    )
+    if card.human_normalized is not None:
+        line += f"; human-normalized {card.human_normalized:.2f}"
+    print(line)
     return 0
 
 
@@ -141,7 +194,8 @@ def _agents(args: argparse.Namespace) -> int:
     if not cards:
         print(f"no agents in {root}/")
         return 0
-    print(f"{'agent':32s} {'game':16s} {'steps':>10s} {'clean score':>18s} {'random':>9s}")
+    header = f"{'agent':32s} {'game':16s} {'steps':>10s} {'clean score':>18s} {'games':>5s}"
+    print(f"{header} {'random':>9s} {'human-norm':>10s}")
     for path in cards:
         folder = path.parent.relative_to(root).as_posix()
         try:
@@ -151,5 +205,10 @@ def _agents(args: argparse.Namespace) -> int:
             continue
         score = f"{card.clean_score.mean:.1f} +- {card.clean_score.std:.1f}"
         rand = "-" if card.random_score is None else f"{card.random_score:.1f}"
-        print(f"{folder:32s} {card.game:16s} {card.timesteps:>10d} {score:>18s} {rand:>9s}")
+        norm = card.with_reference_scores().human_normalized
+        norm_text = "-" if norm is None else f"{norm:.2f}"
+        print(
+            f"{folder:32s} {card.game:16s} {card.timesteps:>10d} {score:>18s} "
+            f"{card.clean_score.episodes:>5d} {rand:>9s} {norm_text:>10s}"
+        )
     return 0

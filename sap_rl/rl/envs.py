@@ -60,7 +60,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import cv2
 import gymnasium as gym
@@ -75,7 +75,7 @@ from stable_baselines3.common.atari_wrappers import (
     NoopResetEnv,
 )
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from sap_rl.errors import UserError
 from sap_rl.rl.games import Game, resolve_game
@@ -88,6 +88,10 @@ logger = logging.getLogger(__name__)
 FRAME_STACK = 4
 SCREEN_SIZE = 84
 MAX_EPISODE_FRAMES = 108_000
+
+#: How :func:`make_vec_env` steps its games: in this process or one process per game.
+VecEnvKind = Literal["dummy", "subproc"]
+VEC_ENV_KINDS: tuple[str, ...] = get_args(VecEnvKind)
 
 #: A batched policy: ``(n_envs, 4, 84, 84)`` uint8 observations -> ``(n_envs,)`` int actions.
 BatchPolicy = Callable[[np.ndarray], np.ndarray]
@@ -321,8 +325,13 @@ def make_vec_env(
     seed: int,
     training: bool,
     preprocessing: AtariPreprocessing | None = None,
+    vec_env: VecEnvKind = "dummy",
 ) -> VecEnv:
-    """A ``DummyVecEnv`` of ``n_envs`` preprocessed envs; env ``i`` is seeded with ``seed + i``.
+    """A vectorized env of ``n_envs`` preprocessed envs; env ``i`` is seeded with ``seed + i``.
+
+    ``vec_env="dummy"`` (SB3's ``DummyVecEnv``) steps the games one after another in this process;
+    ``"subproc"`` (``SubprocVecEnv``) steps each game in its own process, which pays off on a
+    machine with a spare core per game (a GPU training machine), not on a 2-core CPU.
 
     Auto-reset follows SB3: when env ``i`` is done, the returned observation is already the first
     one of its next episode and the last one is in ``infos[i]["terminal_observation"]``.
@@ -333,6 +342,7 @@ def make_vec_env(
         seed: base seed.
         training: see :func:`make_env`.
         preprocessing: wrapper settings; ``None`` means the standard DQN ones.
+        vec_env: ``"dummy"`` or ``"subproc"``.
 
     Example:
         >>> venv = make_vec_env("Freeway", 3, seed=7, training=True)
@@ -350,10 +360,14 @@ def make_vec_env(
 
         return build
 
-    venv = DummyVecEnv([factory(i) for i in range(n_envs)])
+    if vec_env not in VEC_ENV_KINDS:
+        raise UserError(f"vec_env must be one of {', '.join(VEC_ENV_KINDS)}, got {vec_env!r}")
+    factories = [factory(i) for i in range(n_envs)]
+    venv: VecEnv = DummyVecEnv(factories) if vec_env == "dummy" else SubprocVecEnv(factories)
     venv.seed(seed)
-    for i, action_space in enumerate(venv.get_attr("action_space")):
-        action_space.seed(seed + i)
+    if isinstance(venv, DummyVecEnv):  # a SubprocVecEnv's spaces live in the worker processes
+        for i, action_space in enumerate(venv.get_attr("action_space")):
+            action_space.seed(seed + i)
     return venv
 
 

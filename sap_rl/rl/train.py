@@ -223,6 +223,29 @@ class _EvalAndCheckpoint(BaseCallback):
         save_checkpoint(self._dqn(), self.out, self.state, self.wall_time())
 
 
+class _TimeLimit(BaseCallback):
+    """Stop learning once this invocation has trained ``seconds`` (wall clock); 0 = no limit.
+
+    The run then ends as if ``timesteps`` were reached: checkpoint, final evaluation, agent folder.
+    """
+
+    def __init__(self, seconds: float, clock_start: float) -> None:
+        super().__init__()
+        self.seconds, self.clock_start = seconds, clock_start
+        self.hit = False
+
+    def _on_step(self) -> bool:
+        if self.seconds > 0 and time.perf_counter() - self.clock_start >= self.seconds:
+            if not self.hit:
+                logger.warning(
+                    "time limit of %.0f s reached at %d steps; finishing the run",
+                    self.seconds, self.num_timesteps,
+                )  # fmt: skip
+            self.hit = True
+            return False
+        return True
+
+
 def _next_multiple(current: int, every: int) -> int:
     """The next multiple of ``every`` strictly above ``current`` (0 if ``every`` is 0)."""
     return 0 if every <= 0 else (current // every + 1) * every
@@ -356,6 +379,7 @@ def train(
     *,
     out: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    time_limit_s: float = 0.0,
 ) -> TrainResult:
     """Train ``cfg.algorithm`` on ``game`` and write the run folder (see the module docstring).
 
@@ -364,6 +388,9 @@ def train(
         cfg: resolved training configuration.
         out: run folder; default ``runs/<game>-ddqn-<seed>``.
         resume: continue from ``out/checkpoint`` (required if a checkpoint exists).
+        time_limit_s: stop learning after this many seconds of this call (0: no limit) and
+            finish the run as usual (final checkpoint, evaluation and agent folder); the card
+            records the steps actually trained. ``--resume`` can continue it later.
 
     Raises:
         UserError: unknown game, existing checkpoint without ``resume``, ``resume`` without one.
@@ -396,7 +423,12 @@ def train(
 
     # 3. Training environments (episodic life, clipped rewards); a fresh seed stream on resume.
     env = make_vec_env(
-        resolved, cfg.n_envs, seed=cfg.seed + state.timesteps, training=True, preprocessing=cfg.env
+        resolved,
+        cfg.n_envs,
+        seed=cfg.seed + state.timesteps,
+        training=True,
+        preprocessing=cfg.env,
+        vec_env=cfg.vec_env,
     )
 
     # 4. The model: new, or restored from the checkpoint with its replay buffer.
@@ -422,11 +454,12 @@ def train(
     periodic = _EvalAndCheckpoint(
         game=resolved, cfg=cfg, out=out_dir, state=state, clock_start=clock, progress=progress
     )
+    limit = _TimeLimit(time_limit_s, clock)
     previous_handler = _interrupt_on_sigterm()
     try:
         model.learn(
             total_timesteps=cfg.timesteps - state.timesteps,
-            callback=CallbackList([progress, periodic]),
+            callback=CallbackList([progress, periodic, limit]),
             reset_num_timesteps=state.timesteps == 0,
             log_interval=10,
         )
@@ -471,7 +504,6 @@ def train(
         clean_score=Score(mean=clean["mean"], std=clean["std"], episodes=int(clean["episodes"])),
         random_score=float(rand["mean"]),
         trained_on=utc_now(),
-        human_score=resolved.reference.human if resolved.reference else None,
         seed=cfg.seed,
         evaluation={
             "episodes": episodes,
@@ -489,7 +521,7 @@ def train(
         },
     )
     agent_dir = out_dir / AGENT_DIR
-    card = save_agent(agent_dir, q_net.cpu(), card)
+    card = save_agent(agent_dir, q_net.cpu(), card.with_reference_scores())
     return TrainResult(
         out=out_dir, agent_dir=agent_dir, card=card, timesteps=card.timesteps, wall_time_s=wall_time
     )

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from sap_rl.config import deep_merge, from_dict, load_yaml
 from sap_rl.errors import UserError
-from sap_rl.rl.envs import AtariPreprocessing
+from sap_rl.rl.envs import AtariPreprocessing, VecEnvKind
 from sap_rl.rl.games import resolve_game
 
 #: Folder of the shipped presets (present in a source checkout / editable install).
@@ -150,6 +150,7 @@ class TrainConfig:
     timesteps: int = 10_000_000
     seed: int = 0
     n_envs: int = 1
+    vec_env: VecEnvKind = "dummy"
     device: str = "auto"
     torch_threads: int = 0
     checkpoint_freq: int = 500_000
