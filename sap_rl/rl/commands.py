@@ -1,4 +1,4 @@
-"""``sap-rl train``, ``sap-rl score`` and ``sap-rl agents``; ``evaluate`` lives in :mod:`sap_rl.rl.evaluate_command`.
+"""``sap-rl train``, ``score`` and ``agents``; ``evaluate`` is in :mod:`sap_rl.rl.evaluate_command`.
 
 Heavy imports (torch, gymnasium, stable-baselines3) happen inside the handlers.
 """

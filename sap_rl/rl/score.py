@@ -62,9 +62,7 @@ def scoring_config(card: AgentCard, *, episodes: int, n_envs: int) -> TrainConfi
     return from_dict(TrainConfig, data)
 
 
-def score_agent(
-    path: str | os.PathLike[str], *, episodes: int = 30, n_envs: int = 5
-) -> AgentCard:
+def score_agent(path: str | os.PathLike[str], *, episodes: int = 30, n_envs: int = 5) -> AgentCard:
     """Play ``episodes`` whole games with the agent and a random policy; update ``card.json``.
 
     Args:

@@ -100,3 +100,10 @@ def test_help_is_fast_and_lists_train() -> None:
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "torch" not in imported
     assert "stable_baselines3" not in imported
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
+def test_bad_time_limit(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _fails_with_one_line(
+        ["train", "--game", "Pong", f"--time-limit={value}"], capsys, "expected a positive number"
+    )

@@ -136,3 +136,21 @@ def test_action_counts_and_bad_arguments() -> None:
         make_env("Pnog", training=True)
     with pytest.raises(ValueError, match="frame_skip"):
         AtariPreprocessing(frame_skip=0)
+
+
+def test_subproc_vec_env_steps_the_same_games_as_dummy() -> None:
+    actions = np.random.default_rng(5).integers(4, size=(40, 2))
+    runs = []
+    for kind in ("dummy", "subproc"):
+        venv = make_vec_env("Breakout", 2, seed=11, training=True, vec_env=kind)
+        frames, rewards = [venv.reset()], []
+        for step in actions:
+            obs, reward, _, _ = venv.step(step)
+            frames.append(obs)
+            rewards.append(reward)
+        venv.close()
+        runs.append((np.stack(frames), np.stack(rewards)))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    with pytest.raises(UserError, match="vec_env must be one of dummy, subproc"):
+        make_vec_env("Breakout", 1, seed=0, training=True, vec_env="threads")  # type: ignore[arg-type]

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from sap_rl.attacks import fgsm
+from sap_rl.attacks import fgsm, fgsm_ll
 from sap_rl.defenses import apply_defense
 from sap_rl.errors import UserError
 from sap_rl.rl.agent import QNetwork
 from sap_rl.rl.envs import AtariPreprocessing, make_env, obs_to_tensor
-from sap_rl.rl.perturb import ObservationAttack, PerturbObservation, check_eps
+from sap_rl.rl.perturb import ObservationAttack, PerturbObservation, _NewestFrame, check_eps
 
 GAME = "Assault"  # 7 actions; an untrained agent's score reacts to perturbations
 N_ACTIONS = 7
@@ -100,12 +100,40 @@ def test_integer_eps_fgsm_frames_are_whole_grey_levels(net: QNetwork, frames: to
     assert torch.equal(seen, seen.round())
 
 
-def test_one_step_costs_three_forward_passes(net: QNetwork, frames: torch.Tensor) -> None:
-    """Clean action (= the attack's target), gradient, action on the perturbed frames."""
+def test_one_step_costs_two_forward_passes_on_a_deterministic_model(
+    net: QNetwork, frames: torch.Tensor
+) -> None:
+    """FGSM's gradient pass gives the clean action (the target); then the perturbed frames."""
     counting = Counting(net)
     actions, seen = ObservationAttack(counting, "fgsm", 2.0).act(frames)
-    assert counting.calls == 3
+    assert counting.calls == 2
     assert torch.equal(actions, net(seen).argmax(dim=1))
+    assert torch.equal(seen, fgsm(net, frames, 2.0, target=net(frames).argmax(dim=1)))
+
+
+def test_one_step_costs_three_forward_passes_on_a_stochastic_model(
+    net: QNetwork, frames: torch.Tensor
+) -> None:
+    """Clean action (one draw), gradient (another draw), action on the perturbed frames."""
+    counting = Counting(apply_defense(net, "sap-100"))
+    ObservationAttack(counting, "fgsm", 2.0).act(frames)
+    assert counting.calls == 3
+
+
+@pytest.mark.parametrize("perturb", ["stack", "last"])
+@pytest.mark.parametrize("eps", [0.5, 3.0])
+def test_fused_fgsm_equals_the_attack_functions(
+    net: QNetwork, frames: torch.Tensor, perturb: str, eps: float
+) -> None:
+    """One forward pass for target and gradient gives exactly the frames of ``attacks.fgsm``."""
+    for attack, function in (("fgsm", fgsm), ("fgsm-ll", fgsm_ll)):
+        fused = ObservationAttack(net, attack, eps, perturb=perturb).perturb(frames)  # type: ignore[arg-type]
+        if perturb == "stack":
+            expected = function(net, frames, eps)
+        else:
+            newest = _NewestFrame(net, frames[:, :-1])
+            expected = torch.cat([frames[:, :-1], function(newest, frames[:, -1:], eps)], dim=1)
+        assert torch.equal(fused, expected)
 
 
 def test_eps_zero_skips_the_attack_and_the_forced_path_changes_nothing(

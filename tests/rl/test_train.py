@@ -121,3 +121,19 @@ def test_interrupted_run_resumes(
     assert result.card.timesteps == TINY_STEPS
     rows = list(csv.DictReader((tmp_path / "run" / "eval.csv").open()))
     assert [int(r["timesteps"]) for r in rows] == [240]
+
+
+def test_time_limit_stops_learning_and_finishes_the_run(
+    tmp_path: Path, tiny_config_file: Path
+) -> None:
+    cfg = resolve_train_config(yaml.safe_load(tiny_config_file.read_text()), game="Breakout")
+    cfg.timesteps = 1_000_000
+    result = train("Breakout", cfg, out=tmp_path / "run", time_limit_s=1e-9)
+    # stopped at the first step, then the usual end: checkpoint, final games, agent folder
+    assert 0 < result.timesteps < 10
+    assert result.card.timesteps == result.timesteps
+    assert result.card.clean_score.episodes == cfg.eval.final_episodes
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["timesteps"] == result.timesteps
+    net, _ = load_agent(result.agent_dir)
+    assert isinstance(net, torch.nn.Module)

@@ -44,6 +44,14 @@ def test_cpu_preset_is_data_efficient() -> None:
     assert cfg.eval.final_episodes >= 10
 
 
+def test_gpu_preset_steps_games_in_worker_processes() -> None:
+    cfg = load_train_config("ddqn_gpu", game="Pong")
+    assert (cfg.n_envs, cfg.vec_env) == (8, "subproc")
+    # the zoo's replay ratio: gradient steps per environment step
+    assert cfg.dqn.gradient_steps / (cfg.dqn.train_freq * cfg.n_envs) == 0.25
+    assert load_train_config("ddqn", game="Pong").vec_env == "dummy"
+
+
 def test_every_shipped_preset_loads_for_every_listed_game() -> None:
     import yaml
 
@@ -92,7 +100,9 @@ def test_flat_config_file_and_errors_name_the_file(tmp_path: Path) -> None:
     path.write_text("dqn:\n  n_step: 3\n")
     with pytest.raises(UserError, match=r"mine\.yaml: unknown config key 'dqn\.n_step'"):
         load_train_config(path, game="Pong")
-    with pytest.raises(UserError, match=r"config file not found.*presets: ddqn, ddqn_cpu"):
+    with pytest.raises(
+        UserError, match=r"config file not found.*presets: ddqn, ddqn_cpu, ddqn_gpu"
+    ):
         load_train_config(tmp_path / "missing.yaml", game="Pong")
     with pytest.raises(UserError, match="config file not found"):
-        load_train_config("ddqn_gpu", game="Pong")
+        load_train_config("ddqn_tpu", game="Pong")
