@@ -132,11 +132,52 @@ def sap(
         >>> y.shape == x.shape and bool(((y == 0) | (y.abs() >= x.abs())).all())
         True
     """
+    _validate(x, ratio, mode)
+    if x.device.type == "cpu":
+        # One numba pass writes both the output and the multiplier the backward pass needs.
+        out: torch.Tensor = _SAPFunction.apply(x, ratio, mode, generator, False)
+        return out
     mult = sap_multiplier(x, ratio, mode=mode, generator=generator)
+    return _times(x, mult)
+
+
+def _times(x: torch.Tensor, mult: torch.Tensor) -> torch.Tensor:
+    """``x * mult``; float16 / bfloat16 are scaled in float32, so a large 1/q cannot overflow."""
     if x.dtype in (torch.float32, torch.float64):
         return x * mult
-    # float16 / bfloat16: scale in float32 so that a large 1/q on a tiny activation cannot overflow.
     return (x.float() * mult).to(x.dtype)
+
+
+class _SAPFunction(torch.autograd.Function):
+    """``act(x) * m`` computed by the CPU kernels together with ``m``; backward: ``grad * m``.
+
+    ``act`` is the identity, or ReLU when ``relu`` is true (ReLU + SAP fused: ``m`` is 0 wherever
+    ``relu(x)`` is, so ``grad * m`` is also the gradient through the ReLU).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        ratio: float,
+        mode: str,
+        generator: torch.Generator | None,
+        relu: bool,
+    ) -> torch.Tensor:
+        flat = x.detach().reshape(x.shape[0], -1)
+        need_grad = bool(ctx.needs_input_grad[0])
+        r = num_draws(ratio, flat.shape[1])
+        out, mult = _sap_cpu(flat, r, mode, generator, need_grad, relu=relu)
+        if need_grad:
+            ctx.save_for_backward(mult)
+        return out.view(x.shape).to(x.dtype)
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, None, None, None, None]:
+        (mult,) = ctx.saved_tensors
+        return _times(grad, mult.view(grad.shape)), None, None, None, None
 
 
 def _validate(x: torch.Tensor, ratio: float, mode: str) -> None:
@@ -165,28 +206,6 @@ def _seed_from(generator: torch.Generator | None) -> np.uint64:
     return np.uint64(int(torch.randint(0, _SEED_HIGH, (), generator=generator)))
 
 
-def _neg_keep_prob(flat: torch.Tensor, r: int) -> torch.Tensor:
-    """``-q = (1 - p)^r - 1`` with ``p = |x| / sum|x|`` per row, as ``expm1(r * log1p(-p))``.
-
-    Negated to save two passes over the data (the kernels flip the sign back). float32 (float64
-    for float64 input); an all-zero row gives q = 0 everywhere. Rows whose sum overflows float32
-    (values near the float limits) are redone in float64.
-    """
-    work_dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
-    p = flat.abs() if flat.dtype == work_dtype else flat.to(work_dtype).abs()
-    total = p.sum(dim=1, keepdim=True)
-    if not bool(torch.isfinite(total).all()):
-        p64 = flat.to(torch.float64).abs()
-        total64 = p64.sum(dim=1, keepdim=True)
-        return _neg_q_from(p64, total64, r).to(work_dtype)
-    return _neg_q_from(p, total, r)
-
-
-def _neg_q_from(p: torch.Tensor, total: torch.Tensor, r: int) -> torch.Tensor:
-    p.div_(torch.where(total > 0, -total, -1.0))  # now -p
-    return p.log1p_().mul_(r).expm1_()
-
-
 def _caps(x_dtype: torch.dtype, work_dtype: torch.dtype) -> tuple[float, float]:
     """Largest multiplier (work dtype) and largest |output| (x's dtype, 1% rounding margin)."""
     return float(torch.finfo(work_dtype).max), float(torch.finfo(x_dtype).max) * 0.99
@@ -208,31 +227,59 @@ def _match_torch_threads() -> int:
 def _multiplier_cpu(
     flat: torch.Tensor, r: int, mode: str, generator: torch.Generator | None
 ) -> torch.Tensor:
+    return _sap_cpu(flat, r, mode, generator, need_mult=True, need_out=False)[1]
+
+
+def _sap_cpu(
+    flat: torch.Tensor,
+    r: int,
+    mode: str,
+    generator: torch.Generator | None,
+    need_mult: bool,
+    need_out: bool = True,
+    relu: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(flat * m, m)`` for a CPU batch of rows, from one numba kernel call.
+
+    With ``relu``, SAP acts on ``relu(flat)`` and the first item is ``relu(flat) * m``.
+
+    The work dtype is float64 for float64 input and float32 otherwise (float16 / bfloat16 rows are
+    converted first, so the product ``flat * m`` is formed in float32). An output that is not asked
+    for is returned as an empty tensor.
+    """
     from sap_rl import _sap_kernels
 
+    work_dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
+    h = flat.to(work_dtype).contiguous()
+    m_cap, out_cap = _caps(flat.dtype, work_dtype)
+    seed = _seed_from(generator)
+    dummy = torch.empty(1, 1, dtype=work_dtype)
+    exact = mode == "exact"
+    mult = torch.empty_like(h) if need_mult or exact else dummy
+    out = torch.empty_like(h) if need_out else dummy
     threads = _match_torch_threads()
     try:
-        return _fill_cpu(_sap_kernels, flat, r, mode, generator)
+        if exact:
+            _sap_kernels.exact_fill(
+                h.numpy(), r, seed, m_cap, out_cap, mult.numpy(), out.numpy(), need_out, relu
+            )
+        else:
+            _sap_kernels.fast_fill(
+                h.numpy(),
+                r,
+                seed,
+                m_cap,
+                out_cap,
+                mult.numpy(),
+                out.numpy(),
+                need_mult,
+                need_out,
+                relu,
+            )
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-
-
-def _fill_cpu(
-    kernels: Any, flat: torch.Tensor, r: int, mode: str, generator: torch.Generator | None
-) -> torch.Tensor:
-
-    neg_q = _neg_keep_prob(flat, r).contiguous()
-    h = (flat if flat.dtype == neg_q.dtype else flat.to(neg_q.dtype)).contiguous().numpy()
-    neg_q_np = neg_q.numpy()
-    m_cap, out_cap = _caps(flat.dtype, neg_q.dtype)
-    seed = _seed_from(generator)
-    if mode == "exact":
-        out = np.empty_like(neg_q_np)
-        kernels.exact_fill(h, neg_q_np, r, seed, m_cap, out_cap, out)
-        return torch.from_numpy(out)
-    kernels.fast_fill(h, neg_q_np, seed, m_cap, out_cap, neg_q_np)
-    return neg_q
+    return out, mult
 
 
 def _multiplier_torch(
@@ -329,9 +376,32 @@ class ActivationWrapper(nn.Module):
 
 
 class SAPActivation(ActivationWrapper):
-    """A ReLU followed by :class:`SAP`; what :func:`apply_sap` puts in place of each ``nn.ReLU``."""
+    """A ReLU followed by :class:`SAP`; what :func:`apply_sap` puts in place of each ``nn.ReLU``.
 
+    On the CPU an enabled layer after a plain (not in-place) ``nn.ReLU`` runs both in one kernel
+    pass: same output, same gradient (``grad * mask * scale``, which is 0 wherever the ReLU is),
+    without materialising the ReLU's output.
+    """
+
+    activation: nn.Module
     layer: SAP
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer, activation = self.layer, self.activation
+        if (
+            layer.enabled
+            and type(activation) is nn.ReLU
+            and not activation.inplace
+            and x.device.type == "cpu"
+            and not activation._forward_hooks
+            and not activation._forward_pre_hooks
+        ):
+            _validate(x, layer.ratio, layer.mode)
+            out: torch.Tensor = _SAPFunction.apply(
+                x, layer.ratio, layer.mode, layer.generator, True
+            )
+            return out
+        return super().forward(x)
 
 
 def insert_after_relu(model: nn.Module, make: Callable[[nn.ReLU], ActivationWrapper]) -> int:

@@ -349,3 +349,49 @@ def test_sap_leaves_torch_thread_count_alone() -> None:
             assert numba.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+# --- the CPU kernels: fused ReLU, vectorized keep probabilities, overflow rescaling ---------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_relu_sap_matches_relu_then_sap(mode: str, dtype: torch.dtype) -> None:
+    x = torch.randn(64, 3, 9, 9, dtype=dtype)
+    x[0, 0, 0, :3] = torch.tensor([float("-inf"), -0.0, 0.0], dtype=dtype)
+    w = torch.randn(64, 3, 9, 9, dtype=dtype)
+    layer = SAPActivation(nn.ReLU(), SAP(0.7, mode, generator=gen(13)))
+    fused_in = x.clone().requires_grad_(True)
+    fused = layer(fused_in)
+    (fused * w).sum().backward()
+    plain_in = x.clone().requires_grad_(True)
+    plain = sap(torch.relu(plain_in), 0.7, mode=mode, generator=gen(13))
+    (plain * w).sum().backward()
+    assert fused.dtype == dtype
+    assert torch.equal(fused, plain)
+    assert fused_in.grad is not None and plain_in.grad is not None
+    assert torch.equal(fused_in.grad, plain_in.grad)
+    layer.layer.generator = gen(13)
+    with torch.no_grad():  # no multiplier is kept for backward: same output
+        assert torch.equal(layer.eval()(x), sap(torch.relu(x), 0.7, mode=mode, generator=gen(13)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_scales_are_accurate_on_wide_layers(mode: str) -> None:
+    # 4096 elements: every p is below 1/32, so the vectorized series gives the keep probabilities.
+    x = torch.rand(8, 4096) ** 3
+    m = sap_multiplier(x, 1.0, mode=mode, generator=gen(14)).double()
+    q = torch.stack([keep_prob(row, 4096) for row in x])
+    kept = m > 0
+    assert bool((q[kept] > 0).all())
+    torch.testing.assert_close(m[kept] * q[kept], torch.ones_like(m[kept]), rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_float64_rows_whose_sum_overflows_are_rescaled(mode: str) -> None:
+    x = torch.rand(16, 300, dtype=torch.float64) + 0.5
+    huge = x * 2.0**1020  # the row sums overflow float64; p is unchanged
+    m = sap_multiplier(x, 1.0, mode=mode, generator=gen(15))
+    assert torch.equal(sap_multiplier(huge, 1.0, mode=mode, generator=gen(15)), m)
+    out = sap(huge, 1.0, mode=mode, generator=gen(15))
+    assert bool(torch.isfinite(out).all()) and bool((out != 0).any())
