@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sap_rl.errors import UserError
-from sap_rl.sap import deterministic, mc_average
+from sap_rl.sap import deterministic, mc_average, stochastic_modules
 
 __all__ = [
     "ATTACK_NAMES_HELP",
@@ -204,10 +204,37 @@ def _step_attack(
 ) -> torch.Tensor:
     eps_t = _validate(x, eps, samples)
     with eval_mode(model, stochastic=stochastic):
-        labels = _labels(model, x, target, samples, max_batch, least_likely)
-        grad = input_gradient(model, x, labels, samples=samples, max_batch=max_batch)
+        if target is None and samples == 1 and not _is_stochastic(model):
+            grad = _gradient_at_own_prediction(model, x, least_likely)
+        else:
+            labels = _labels(model, x, target, samples, max_batch, least_likely)
+            grad = input_gradient(model, x, labels, samples=samples, max_batch=max_batch)
     direction = -grad.sign() if least_likely else grad.sign()
-    return _project(x + eps_t * direction, x, eps_t).detach()
+    # x + eps * sign is x + eps, x or x - eps: already in the ball, so projecting is a clamp.
+    return (x + eps_t * direction).clamp(PIXEL_MIN, PIXEL_MAX).detach()
+
+
+def _is_stochastic(model: nn.Module) -> bool:
+    """Whether ``model`` has an enabled stochastic layer (SAP, always-on dropout, input noise)."""
+    return any(layer.enabled for layer in stochastic_modules(model))
+
+
+def _gradient_at_own_prediction(
+    model: nn.Module, x: torch.Tensor, least_likely: bool
+) -> torch.Tensor:
+    """:func:`input_gradient` for the labels :func:`_labels` would predict, from one forward pass.
+
+    Only for a deterministic model: the logits of the gradient pass then equal those of a no-grad
+    pass on the same ``x``, so the labels read from them are the model's clean prediction.
+    """
+    xs = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xs).reshape(x.shape[0], -1)
+        scores = logits.detach()
+        labels = scores.argmin(dim=1) if least_likely else scores.argmax(dim=1)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xs)
+    return grad
 
 
 def _iterative_attack(

@@ -202,6 +202,41 @@ def test_eot_samples_go_through_the_model_as_one_batch() -> None:
     assert calls == [20, 20, 20, 20]
 
 
+def test_step_attacks_on_a_deterministic_model_predict_in_their_gradient_pass() -> None:
+    calls: list[int] = []
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            return self.net(x)
+
+    torch.manual_seed(0)
+    model = Counting()
+    x = torch.rand(5, 1, 4, 4) * 255
+    with torch.no_grad():
+        scores = model(x)
+    calls.clear()
+    for attack, labels, sign in (
+        (fgsm, scores.argmax(dim=1), 1.0),
+        (fgsm_ll, scores.argmin(dim=1), -1.0),
+    ):
+        adv = attack(model, x, 2.0)
+        assert calls == [5]  # one pass gives the clean prediction and the gradient
+        grad = input_gradient(model, x, labels)
+        assert torch.equal(adv, (x + 2.0 * sign * grad.sign()).clamp(0, 255))
+        calls.clear()
+    sap_model = apply_sap(Counting(), 1.0)
+    fgsm(sap_model, x, 2.0)
+    assert calls == [5, 5]  # a stochastic model: its prediction and the gradient are two draws
+    calls.clear()
+    fgsm(sap_model, x, 2.0, stochastic=False)
+    assert calls == [5]
+
+
 def test_zero_eps_and_target_semantics(digits_model: nn.Module, digits: tuple) -> None:
     x = digits[2][:8]
     assert torch.equal(fgsm(digits_model, x, 0.0), x)

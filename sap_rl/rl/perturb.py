@@ -62,11 +62,10 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from sap_rl.attacks import PIXEL_MAX, PIXEL_MIN, AttackSpec, eval_mode, parse_attack
+from sap_rl.attacks import AttackSpec, parse_attack
 from sap_rl.errors import UserError
 from sap_rl.sap import mc_average, stochastic_modules
 
@@ -190,7 +189,8 @@ class ObservationAttack:
         Args:
             x: clean float frames ``(B, 4, 84, 84)`` in pixel units.
             target: the agent's greedy actions on ``x`` if already known (saves a forward pass);
-                by default computed with :meth:`greedy`.
+                by default computed with :meth:`greedy` for a stochastic model, and by the attack
+                itself (the same actions) for a deterministic one.
 
         Returns:
             ``x`` itself when the attack is inactive, else a new tensor.
@@ -198,10 +198,8 @@ class ObservationAttack:
         if not self.active:
             return x
         assert self.spec is not None
-        if target is None and self._fused:
-            return self._fused_fgsm(x)[0]
-        if target is None and not self.spec.least_likely:
-            target = self.greedy(x)
+        if target is None and self.stochastic and not self.spec.least_likely:
+            target = self.greedy(x)  # a deterministic model's attack predicts the same itself
         eps: float | torch.Tensor = self.eps
         if self.eps == 0:  # AttackSpec.run short-cuts a zero float; a tensor runs the full path
             eps = torch.zeros((), dtype=x.dtype, device=x.device)
@@ -220,54 +218,15 @@ class ObservationAttack:
     def act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of perturbed play: the agent's actions on the perturbed frames.
 
-        The attack's target is the agent's greedy action on the clean frames, computed once and
-        passed to the attack. Against a deterministic model, FGSM takes it from the attack's own
-        gradient forward pass (same Q-values, one pass fewer). Returns ``(actions (B,), frames the
+        The attack's target is the agent's greedy action on the clean frames. A stochastic agent's
+        is computed here (with its ``action_samples`` draws) and passed to the attack; against a
+        deterministic model the attack predicts the same action itself, and FGSM reads it from its
+        gradient forward pass (one pass fewer). Returns ``(actions (B,), frames the
         agent saw (B, 4, 84, 84))``.
         """
         if self.active:
-            x = self.perturb(x) if self._fused else self.perturb(x, target=self.greedy(x))
+            x = self.perturb(x, target=self.greedy(x) if self.stochastic else None)
         return self.greedy(x), x
-
-    @property
-    def _fused(self) -> bool:
-        """Whether one forward pass gives both the clean action and FGSM's gradient.
-
-        For a deterministic model the Q-values of the gradient pass are those of a no-grad pass
-        on the same frames, so the target (argmax, or argmin for ``fgsm-ll``) read from them is
-        the agent's clean action: the frames are exactly those of :func:`sap_rl.attacks.fgsm`.
-        A stochastic model keeps separate draws for the action and the gradient.
-        """
-        return self.spec is not None and self.spec.kind == "fgsm" and not self.stochastic
-
-    def _fused_fgsm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """FGSM (or step l.l.) with the target read from the gradient pass: ``(x_adv, target)``.
-
-        The same operations as :func:`sap_rl.attacks.fgsm` with ``target=None``, ``samples=1``,
-        minus its separate no-grad pass; the ball projection is a clamp to ``[0, 255]`` because
-        ``x + eps * sign`` is already within ``eps`` of ``x`` (the same floats as ``x +- eps``).
-        """
-        assert self.spec is not None
-        least_likely = self.spec.least_likely
-        if self.perturb_mode == "stack":
-            model: nn.Module = self.model
-            clean = x
-        else:
-            model = _NewestFrame(self.model, x[:, :-1])
-            clean = x[:, -1:]
-        eps = torch.as_tensor(self.eps, dtype=x.dtype, device=x.device)
-        with eval_mode(self.model), torch.enable_grad():
-            xs = clean.detach().requires_grad_(True)
-            q = model(xs)
-            scores = q.detach()
-            target = scores.argmin(dim=1) if least_likely else scores.argmax(dim=1)
-            loss = F.cross_entropy(q.float(), target, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, xs)
-        direction = -grad.sign() if least_likely else grad.sign()
-        adv = (clean + eps * direction).clamp_(PIXEL_MIN, PIXEL_MAX)
-        if self.perturb_mode == "last":
-            adv = torch.cat([x[:, :-1], adv], dim=1)
-        return adv, target
 
 
 class PerturbObservation(gym.ObservationWrapper):
