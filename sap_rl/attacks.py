@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sap_rl.errors import UserError
-from sap_rl.sap import deterministic, mc_average, stochastic_modules
+from sap_rl.sap import deterministic, forward_copies, mc_average, stochastic_modules
 
 __all__ = [
     "ATTACK_NAMES_HELP",
@@ -88,13 +88,6 @@ def eval_mode(model: nn.Module, *, stochastic: bool = True) -> Iterator[nn.Modul
     finally:
         for module, training in flags:
             module.training = training
-
-
-def _copies(x: torch.Tensor, samples: int) -> torch.Tensor:
-    """Stack ``samples`` copies of the batch along the batch dimension (copy-major)."""
-    if samples == 1:
-        return x
-    return x.unsqueeze(0).expand(samples, *x.shape).reshape(samples * x.shape[0], *x.shape[1:])
 
 
 def predict(
@@ -143,7 +136,7 @@ def input_gradient(
         n = min(per_chunk, samples - done)
         xs = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(_copies(xs, n))
+            logits = forward_copies(model, xs, n)
             loss = F.cross_entropy(logits.float(), labels.repeat(n), reduction="sum")
             (part,) = torch.autograd.grad(loss, xs)
         grad += part
@@ -204,6 +197,7 @@ def _step_attack(
 ) -> torch.Tensor:
     eps_t = _validate(x, eps, samples)
     with eval_mode(model, stochastic=stochastic):
+        samples = _draws_needed(model, samples)
         if target is None and samples == 1 and not _is_stochastic(model):
             grad = _gradient_at_own_prediction(model, x, least_likely)
         else:
@@ -212,6 +206,11 @@ def _step_attack(
     direction = -grad.sign() if least_likely else grad.sign()
     # x + eps * sign is x + eps, x or x - eps: already in the ball, so projecting is a clamp.
     return (x + eps_t * direction).clamp(PIXEL_MIN, PIXEL_MAX).detach()
+
+
+def _draws_needed(model: nn.Module, samples: int) -> int:
+    """``samples``, or 1 for a model without randomness (its EOT average is its one gradient)."""
+    return samples if _is_stochastic(model) else 1
 
 
 def _is_stochastic(model: nn.Module) -> bool:
@@ -257,6 +256,7 @@ def _iterative_attack(
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     alpha = 2.5 * eps_t / steps if step_size is None else _validate(x, step_size, 1)
     with eval_mode(model, stochastic=stochastic):
+        samples = _draws_needed(model, samples)
         labels = _labels(model, x, target, samples, max_batch, least_likely)
         x_adv = x.detach().clone()
         if random_start:

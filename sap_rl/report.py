@@ -205,7 +205,8 @@ def plot_metric(
         ax.set_title(attack)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(ylabel or metric)
-    axes[0][0].legend(fontsize=8)
+    if rows:
+        axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

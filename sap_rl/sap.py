@@ -46,6 +46,7 @@ __all__ = [
     "StochasticModule",
     "apply_sap",
     "deterministic",
+    "forward_copies",
     "insert_after_relu",
     "mc_average",
     "num_draws",
@@ -522,8 +523,7 @@ def mc_average(
     done = 0
     while done < samples:
         n = min(copies_per_chunk, samples - done)
-        xs = x.unsqueeze(0).expand(n, *x.shape).reshape(n * batch, *x.shape[1:])
-        out = model(xs)
+        out = forward_copies(model, x, n)
         if softmax:
             out = out.softmax(dim=-1)
         part = out.reshape(n, batch, *out.shape[1:]).sum(dim=0)
@@ -531,3 +531,79 @@ def mc_average(
         done += n
     assert total is not None
     return total / samples
+
+
+def repeat_rows(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """``copies`` copies of the batch stacked along the batch dimension (copy-major rows).
+
+    Example:
+        >>> repeat_rows(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
+        [1.0, 2.0, 1.0, 2.0]
+    """
+    if copies == 1:
+        return x
+    return x.unsqueeze(0).expand(copies, *x.shape).reshape(copies * x.shape[0], *x.shape[1:])
+
+
+def is_random(module: nn.Module) -> bool:
+    """Whether ``module`` (or a layer inside it) draws random numbers in its forward pass now.
+
+    True for an enabled :class:`StochasticModule` and for ``nn.Dropout`` in training mode.
+
+    Example:
+        >>> is_random(SAP()), is_random(nn.ReLU()), is_random(nn.Dropout().eval())
+        (True, False, False)
+    """
+    return any(
+        (isinstance(m, StochasticModule) and m.enabled)
+        or (isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0)
+        for m in module.modules()
+    )
+
+
+def chain_copies(layers: list[nn.Module], x: torch.Tensor, copies: int) -> torch.Tensor:
+    """Apply ``layers`` in turn to ``copies`` copies of ``x``, copying only where randomness starts.
+
+    The layers before the first random one (:func:`is_random`) see one copy of the batch; their
+    output is then repeated ``copies`` times (copy-major), so each copy gets its own draws in the
+    random layers, as if the input had been repeated. Layers must act on each row independently
+    (true in eval mode for convolutions, linear layers, activations and batch norm).
+
+    Example:
+        >>> net = apply_sap(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)))
+        >>> chain_copies(list(net), torch.ones(4, 3), 8).shape
+        torch.Size([32, 2])
+    """
+    h = x
+    for layer in layers:
+        if copies > 1 and is_random(layer):
+            h = repeat_rows(h, copies)
+            copies = 1
+        h = layer(h)
+    return repeat_rows(h, copies)
+
+
+def forward_copies(model: nn.Module, x: torch.Tensor, copies: int) -> torch.Tensor:
+    """``model`` on ``copies`` copies of the batch ``x`` (copy-major rows), each with its own draws.
+
+    Equal in distribution to ``model(repeat_rows(x, copies))``, which is what runs for a general
+    model. For an ``nn.Sequential``, and for a model with a ``forward_copies(x, copies)`` method
+    (:class:`sap_rl.rl.agent.QNetwork` has one), the deterministic layers before the first random
+    one run once on ``x`` instead of ``copies`` times: an EOT gradient over 16 SAP draws of a
+    Nature-CNN Q-network then skips 15 of its 16 first-layer convolutions, forward and backward.
+    Gradients flow to ``x`` through the copies (summed).
+
+    Example:
+        >>> net = apply_sap(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)))
+        >>> forward_copies(net, torch.ones(4, 3), 8).shape
+        torch.Size([32, 2])
+    """
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    custom = getattr(model, "forward_copies", None)
+    if callable(custom):
+        out: torch.Tensor = custom(x, copies)
+        return out
+    if isinstance(model, nn.Sequential):
+        return chain_copies(list(model), x, copies)
+    return model(repeat_rows(x, copies))

@@ -284,3 +284,23 @@ def test_bad_arguments(digits_model: nn.Module) -> None:
         pgd(digits_model, x, 1.0, steps=0)
     with pytest.raises(ValueError, match="one label per example"):
         fgsm(digits_model, x, 1.0, target=torch.tensor([1, 2, 3]))
+
+
+def test_eot_on_a_deterministic_model_is_the_plain_attack_in_one_pass(
+    digits_model: nn.Module, digits: tuple
+) -> None:
+    calls: list[int] = []
+    hook = digits_model.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    x = digits[2][:8]
+    try:
+        plain = fgsm(digits_model, x, 4.0)
+        calls.clear()
+        eot = fgsm(digits_model, x, 4.0, samples=16)
+        assert calls == [8]  # no 16 identical passes: their average is the one gradient
+        assert torch.equal(eot, plain)
+        sap_model = apply_sap(copy.deepcopy(digits_model), 1.0)
+        calls.clear()
+        pgd(sap_model, x, 4.0, steps=2, samples=4, stochastic=False)
+        assert calls == [8, 8, 8]  # dense attack on a SAP model: labels + 2 steps, one draw each
+    finally:
+        hook.remove()

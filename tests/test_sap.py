@@ -18,10 +18,14 @@ from sap_rl.sap import (
     SAPActivation,
     _multiplier_torch,
     apply_sap,
+    chain_copies,
     deterministic,
+    forward_copies,
+    is_random,
     mc_average,
     num_draws,
     remove_sap,
+    repeat_rows,
     sap,
     sap_multiplier,
     stochastic_modules,
@@ -395,3 +399,73 @@ def test_float64_rows_whose_sum_overflows_are_rescaled(mode: str) -> None:
     assert torch.equal(sap_multiplier(huge, 1.0, mode=mode, generator=gen(15)), m)
     out = sap(huge, 1.0, mode=mode, generator=gen(15))
     assert bool(torch.isfinite(out).all()) and bool((out != 0).any())
+
+
+# ----------------------------------------------------------------------------- forward_copies
+
+
+def _batch_sizes(net: nn.Module) -> list[tuple[str, int]]:
+    """Record (layer name, rows) of every leaf layer's input in ``net``'s next calls."""
+    seen: list[tuple[str, int]] = []
+    for name, module in net.named_modules():
+        if not list(module.children()):
+            module.register_forward_pre_hook(
+                lambda _m, args, name=name: seen.append((name, args[0].shape[0]))
+            )
+    return seen
+
+
+def test_forward_copies_runs_the_deterministic_prefix_once() -> None:
+    torch.manual_seed(0)
+    net = apply_sap(nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3)), 1.0)
+    seen = _batch_sizes(net)
+    out = forward_copies(net, torch.randn(5, 6), 8)
+    assert out.shape == (40, 3)
+    rows = dict(seen)
+    assert rows["0"] == 5  # the Linear before the first SAP sees one copy of the batch
+    assert rows["2"] == 40  # the layers after it see all 8 copies
+    assert is_random(net[1]) and not is_random(net[0])
+    assert is_random(nn.Dropout(0.5).train()) and not is_random(nn.Dropout(0.5).eval())
+
+
+def test_forward_copies_equals_the_repeated_input_with_the_same_draws() -> None:
+    torch.manual_seed(0)
+    net = apply_sap(
+        nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3)),
+        0.5,
+    ).double()
+    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(1)
+    lazy = forward_copies(net, x, 4)
+    (g_lazy,) = torch.autograd.grad(lazy.square().sum(), x)
+    torch.manual_seed(1)
+    eager = net(repeat_rows(x, 4))
+    (g_eager,) = torch.autograd.grad(eager.square().sum(), x)
+    torch.testing.assert_close(lazy, eager)
+    torch.testing.assert_close(g_lazy, g_eager)
+    assert not torch.allclose(lazy[:5], lazy[5:10])  # the copies have their own draws
+
+
+def test_forward_copies_of_a_deterministic_model_repeats_one_pass() -> None:
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    seen = _batch_sizes(net)
+    x = torch.randn(5, 6)
+    out = forward_copies(net, x, 16)
+    assert torch.equal(out, net(x).repeat(16, 1))
+    assert {rows for _, rows in seen} == {5}
+    assert torch.equal(chain_copies(list(net), x, 1), net(x))
+    with pytest.raises(ValueError, match="copies must be >= 1"):
+        forward_copies(net, x, 0)
+
+
+def test_forward_copies_of_a_general_module_repeats_the_input() -> None:
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = apply_sap(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), 1.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.body(x)  # a skip connection: not a chain, so no shortcut is safe
+
+    out = forward_copies(Residual(), torch.randn(3, 4), 5)
+    assert out.shape == (15, 4)

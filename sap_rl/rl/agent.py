@@ -37,6 +37,7 @@ from torch import nn
 from sap_rl.config import from_dict, to_dict
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
+from sap_rl.sap import chain_copies
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,22 @@ class QNetwork(nn.Module):
         """Q-values for a float batch of pixel-unit frame stacks."""
         out: torch.Tensor = self.head(self.linear(self.cnn(x / 255.0)))
         return out
+
+    def forward_copies(self, x: torch.Tensor, copies: int) -> torch.Tensor:
+        """``self`` on ``copies`` copies of ``x`` (copy-major), each with its own random draws.
+
+        Used by :func:`sap_rl.sap.forward_copies` (EOT gradients, Monte Carlo averages): the
+        layers before the first stochastic one run once, not ``copies`` times. With
+        ``copies=1`` this is exactly ``self(x)``.
+
+        Example:
+            >>> net = QNetwork(3)
+            >>> x = torch.rand(2, 4, 84, 84) * 255
+            >>> torch.equal(net.forward_copies(x, 2), torch.cat([net(x), net(x)]))
+            True
+        """
+        layers = [*self.cnn, *self.linear, self.head]
+        return chain_copies(layers, x / 255.0, copies)
 
 
 def state_dict_from_sb3(sb3_q_net: nn.Module) -> dict[str, torch.Tensor]:

@@ -196,16 +196,21 @@ class Cell:
 
 
 def plan_cells(config: EvalConfig) -> list[Cell]:
-    """The cells to play, in order: per defense its clean cell, then attack x eps > 0.
+    """The cells to play, in order: every defense's clean cell, then per attack defense x eps > 0.
+
+    Attacks are played in the order they are listed, so a long grid that lists the cheap attack
+    first (``fgsm`` before ``pgd-10-eot``) has finished its tables in that order when it is
+    stopped by ``time_limit_s`` or interrupted.
 
     Example:
-        >>> [c.name for c in plan_cells(EvalConfig(eps=[4], defenses=["dense"]))]
-        ['dense__clean', 'dense__fgsm__4']
+        >>> [c.name for c in plan_cells(EvalConfig(eps=[4], attacks=["fgsm", "pgd-10"]))]
+        ... # doctest: +NORMALIZE_WHITESPACE
+        ['dense__clean', 'sap-100__clean', 'dense__fgsm__4', 'sap-100__fgsm__4',
+         'dense__pgd-10__4', 'sap-100__pgd-10__4']
     """
-    cells = []
-    for defense in config.defenses:
-        cells.append(Cell(defense, None, 0.0))
-        cells.extend(Cell(defense, a, e) for a in config.attacks for e in config.eps if e > 0)
+    cells = [Cell(defense, None, 0.0) for defense in config.defenses]
+    for attack in config.attacks:
+        cells.extend(Cell(d, attack, e) for d in config.defenses for e in config.eps if e > 0)
     return cells
 
 
@@ -229,6 +234,7 @@ class EvalResult:
     meta: dict[str, Any]
     cells_played: int
     cells_skipped: int
+    cells_missing: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- agents
@@ -299,6 +305,7 @@ def evaluate(
     out: str | os.PathLike[str] | None = None,
     *,
     progress: bool = True,
+    time_limit_s: float = 0.0,
 ) -> EvalResult:
     """Play every cell of ``config``, write the result files into ``out`` and return the summary.
 
@@ -309,6 +316,9 @@ def evaluate(
         config: the grid and settings.
         out: output folder (default ``runs/evaluate/<agent name>``).
         progress: show a progress bar over games on a terminal (stderr).
+        time_limit_s: start no new cell after this many seconds (0: no limit). The summary then
+            covers the finished cells, ``summary.json`` lists the missing ones under
+            ``cells_missing``, and rerunning the same command plays them.
 
     Returns:
         The summary rows (as in ``summary.csv``) with the output folder and metadata.
@@ -347,6 +357,10 @@ def evaluate(
             for cell in cells:
                 if cell in done:
                     continue
+                if time_limit_s > 0 and time.perf_counter() - started >= time_limit_s:
+                    logger.warning("time limit of %.0f s reached; %d cells left to play",
+                                   time_limit_s, sum(c not in done for c in cells))  # fmt: skip
+                    break
                 bar.set_description(cell.name)
                 t0 = time.perf_counter()
                 games = _play_cell(net, cell, config, envs, device, on_game=lambda _: bar.update())
@@ -361,18 +375,21 @@ def evaluate(
             set_threads(*restore_threads)
 
     records = [(c.defense, attack, c.eps, g.reward)
-               for c in cells for attack in _attacks_of(c, config) for g in done[c]]  # fmt: skip
+               for c in cells if c in done
+               for attack in _attacks_of(c, config) for g in done[c]]  # fmt: skip
     dense_clean = Cell("dense", None, 0.0) in done
     baseline = None if dense_clean or card.clean_score.episodes == 0 else card.clean_score.mean
     rows = summarize(records, random_score=random_score, baseline_score=baseline)
     meta = _meta(config, card, folder, game, done, random_score, random_source, baseline)
+    missing = [c.name for c in cells if c not in done]
+    meta["cells_missing"] = missing
     meta["seconds"] = round(time.perf_counter() - started, 3)
     _write_episodes(out_dir, game, card, cells, done)
     write_summary(out_dir, rows, meta)
     plot_metric(rows, out_dir / "relative_reward.png", metric="relative",
                 ylabel="relative reward", title=f"{card.name} ({game.name})")  # fmt: skip
-    return EvalResult(rows, out_dir, meta, cells_played=len(cells) - skipped,
-                      cells_skipped=skipped)  # fmt: skip
+    return EvalResult(rows, out_dir, meta, cells_played=len(cells) - skipped - len(missing),
+                      cells_skipped=skipped, cells_missing=missing)  # fmt: skip
 
 
 def _attacks_of(cell: Cell, config: EvalConfig) -> list[str]:

@@ -64,6 +64,9 @@ def register(subparsers: Any) -> None:
     add("--device", help="auto (default), cpu, cuda")
     add("--threads", type=int, metavar="N",
         help="CPU threads of torch and SAP (default: as is; 1 is best on busy CPUs)")  # fmt: skip
+    add("--time-limit", type=float, metavar="MINUTES",
+        help="start no new cell after MINUTES; the summary covers the finished cells and "
+        "rerunning the same command plays the rest")  # fmt: skip
     add("--out", metavar="DIR", help="output folder (default: runs/evaluate/<agent>)")
     add("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -118,10 +121,17 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(EvalConfig, args.config, overrides)
     else:
         config = from_dict(EvalConfig, overrides)
-    result = evaluate(config, args.out, progress=not args.quiet)
+    limit = args.time_limit
+    if limit is not None and (not math.isfinite(limit) or limit <= 0):
+        raise UserError(f"--time-limit must be a positive number of minutes, got {limit}")
+    result = evaluate(config, args.out, progress=not args.quiet,
+                      time_limit_s=60.0 * limit if limit else 0.0)  # fmt: skip
     print(format_table(result.rows))
     skipped = f", {result.cells_skipped} reused" if result.cells_skipped else ""
     print(f"{result.cells_played} cells played{skipped}; results in {result.out}")
+    if result.cells_missing:
+        print(f"time limit reached: {len(result.cells_missing)} cells not played; "
+              "rerun the same command to play them")  # fmt: skip
     return 0
 
 

@@ -174,3 +174,21 @@ def test_bad_card(tmp_path: Path) -> None:
     card_path.write_text(json.dumps(card))
     with pytest.raises(UserError, match=r"clean_score\.mean"):
         read_card(tmp_path)
+
+
+def test_forward_copies_shares_the_first_convolution_and_matches_forward() -> None:
+    from sap_rl.sap import apply_sap, forward_copies
+
+    torch.manual_seed(0)
+    net = apply_sap(QNetwork(5), 1.0)
+    x = torch.rand(3, 4, 84, 84) * 255
+    torch.manual_seed(1)
+    once = net(x)
+    torch.manual_seed(1)
+    assert torch.equal(net.forward_copies(x, 1), once)  # same ops, same draws: bit for bit
+    rows: list[int] = []
+    net.cnn[0].register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    head_rows: list[int] = []
+    net.head.register_forward_pre_hook(lambda _m, args: head_rows.append(args[0].shape[0]))
+    out = forward_copies(net, x, 16)
+    assert out.shape == (48, 5) and rows == [3] and head_rows == [48]

@@ -126,8 +126,8 @@ def test_config_normalizes_names_and_always_adds_clean() -> None:
     assert cfg.defenses == ["dense", "sap-100"] and cfg.attacks == ["fgsm"]
     assert cfg.eps == [0.0, 1.0, 4.0]
     names = [c.name for c in plan_cells(cfg)]
-    assert names == ["dense__clean", "dense__fgsm__1", "dense__fgsm__4",
-                     "sap-100__clean", "sap-100__fgsm__1", "sap-100__fgsm__4"]  # fmt: skip
+    assert names == ["dense__clean", "sap-100__clean", "dense__fgsm__1", "dense__fgsm__4",
+                     "sap-100__fgsm__1", "sap-100__fgsm__4"]  # fmt: skip
     assert Cell("sap-50", "pgd-10-eot", 0.5).name == "sap-50__pgd-10-eot__0.5"
 
 
@@ -296,3 +296,21 @@ def test_agent_resolution(tmp_path: Path, agent_dir: Path, monkeypatch: pytest.M
     assert resolve_agent(None) == run / "agent"
     assert resolve_agent("my-run") == run / "agent"
     assert resolve_agent(str(agent_dir)) == agent_dir
+
+
+def test_time_limit_stops_between_cells_and_a_rerun_finishes(
+    agent_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval"
+    nothing = evaluate(_config(agent_dir), out, progress=False, time_limit_s=1e-9)
+    assert (nothing.cells_played, nothing.rows) == (0, [])
+    assert len(nothing.cells_missing) == 4
+    evaluate(_config(agent_dir, defenses=["dense"]), out, progress=False)
+    partial = evaluate(_config(agent_dir), out, progress=False, time_limit_s=1e-9)
+    assert (partial.cells_played, partial.cells_skipped) == (0, 2)
+    assert partial.cells_missing == ["sap-100__clean", "sap-100__fgsm__2"]
+    meta = json.loads((out / "summary.json").read_text())
+    assert meta["cells_missing"] == partial.cells_missing
+    assert {r["defense"] for r in _read(out / "summary.csv")} == {"dense"}
+    rest = evaluate(_config(agent_dir), out, progress=False)
+    assert (rest.cells_played, rest.cells_skipped, rest.cells_missing) == (2, 2, [])
