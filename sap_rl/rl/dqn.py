@@ -35,7 +35,9 @@ import numpy as np
 import torch as th
 from stable_baselines3 import DQN
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.dqn.policies import QNetwork
 from torch.nn import functional as F
 
 from sap_rl.errors import UserError
@@ -103,36 +105,51 @@ class DoubleDQN(DQN):
 
     def td_target(self, replay_data: ReplayBufferSamples) -> th.Tensor:
         """The Double DQN TD target ``(B, 1)`` of a replay batch (no gradient)."""
+        return self._td_target(replay_data, self._network_input(replay_data.next_observations))
+
+    def _td_target(self, replay_data: ReplayBufferSamples, next_input: th.Tensor) -> th.Tensor:
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
         with th.no_grad():
-            next_q_target = self.q_net_target(replay_data.next_observations)
-            next_q_online = self.q_net(replay_data.next_observations)
+            # Both networks read the same preprocessed next observations (one uint8 -> float
+            # conversion instead of two: the only extra work of Double DQN is one forward pass).
+            next_q_target = _q_values(self.q_net_target, next_input)
+            next_q_online = _q_values(self.q_net, next_input)
             return double_dqn_target(
                 replay_data.rewards, replay_data.dones, discounts, next_q_online, next_q_target
             )
+
+    def _network_input(self, obs: th.Tensor) -> th.Tensor:
+        """``obs`` preprocessed as SB3's ``QNetwork.forward`` does (``obs.float() / 255`` here)."""
+        return preprocess_obs(
+            obs, self.q_net.observation_space, normalize_images=self.q_net.normalize_images
+        )  # type: ignore[return-value]
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         """SB3 ``DQN.train`` with :meth:`td_target` as the target (same logging keys)."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-
         losses = []
         for _ in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            target_q_values = self.td_target(replay_data)
-            current_q_values = self.q_net(replay_data.observations)
+            next_input = self._network_input(replay_data.next_observations)
+            target_q_values = self._td_target(replay_data, next_input)
+            current_q_values = _q_values(self.q_net, self._network_input(replay_data.observations))
             current_q_values = th.gather(current_q_values, dim=1, index=replay_data.actions.long())
             loss = F.smooth_l1_loss(current_q_values, target_q_values)
             losses.append(loss.item())
-
             self.policy.optimizer.zero_grad()
             loss.backward()
             th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             self.policy.optimizer.step()
-
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", np.mean(losses))
+
+
+def _q_values(q_net: QNetwork, network_input: th.Tensor) -> th.Tensor:
+    """SB3 ``QNetwork.forward`` from an already preprocessed observation batch (same result)."""
+    out: th.Tensor = q_net.q_net(q_net.features_extractor(network_input))
+    return out
 
 
 class _NextStacks:

@@ -225,3 +225,26 @@ def test_frame_sharing_buffer_rejects_unshifted_stacks() -> None:
     unrelated = np.full_like(obs, 7)
     with pytest.raises(RuntimeError, match="shifted"):
         buffer.add(obs, unrelated, np.zeros(1), np.zeros(1), np.zeros(1), [{}])
+
+
+def test_train_step_reads_each_batch_preprocessed_once_and_exactly_as_sb3(
+    pong_model: DoubleDQN, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sap_rl.rl import dqn
+
+    obs = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(
+            dqn._q_values(pong_model.q_net, pong_model._network_input(obs)), pong_model.q_net(obs)
+        )
+    calls: list[int] = []
+    original = dqn.preprocess_obs
+
+    def counting(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return original(x, *args, **kwargs)  # type: ignore[arg-type]
+
+    pong_model.learn(12)  # fills the buffer and sets up SB3's logger
+    monkeypatch.setattr(dqn, "preprocess_obs", counting)
+    pong_model.train(gradient_steps=1, batch_size=4)
+    assert calls == [4, 4]  # next observations (shared by both networks), then observations
