@@ -36,7 +36,6 @@ from torch import nn
 
 from sap_rl.config import from_dict, to_dict
 from sap_rl.errors import UserError
-from sap_rl.fast_conv import FastInputGradConv2d
 from sap_rl.io import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 from sap_rl.sap import chain_copies
 
@@ -61,9 +60,7 @@ class QNetwork(nn.Module):
 
     Input: float ``(B, 4, 84, 84)`` in ``[0, 255]`` (channels first; divided by 255 inside).
     Output: ``(B, n_actions)`` Q-values. Every nonlinearity is an ``nn.ReLU`` module, so
-    :func:`sap_rl.sap.apply_sap` can insert SAP after each of them. The first convolution is a
-    :class:`~sap_rl.fast_conv.FastInputGradConv2d`: the same layer and forward pass, with a faster
-    input gradient for attacks.
+    :func:`sap_rl.sap.apply_sap` can insert SAP after each of them.
 
     Example:
         >>> net = QNetwork(4)
@@ -77,7 +74,7 @@ class QNetwork(nn.Module):
             raise ValueError(f"n_actions must be >= 1, got {n_actions}")
         self.n_actions = n_actions
         self.cnn = nn.Sequential(
-            FastInputGradConv2d(in_channels, 32, kernel_size=8, stride=4),
+            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4),
             nn.ReLU(),
             nn.Conv2d(32, 64, kernel_size=4, stride=2),
             nn.ReLU(),
