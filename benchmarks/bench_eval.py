@@ -57,7 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=400, help="cap per game (agent steps)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (both loops)")
+    parser.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="keep glibc's malloc defaults (sap-rl's commands keep freed memory)",
+    )
     args = parser.parse_args(argv)
+    if not args.malloc_defaults:
+        from sap_rl.memory import keep_freed_memory
+
+        keep_freed_memory()  # as the sap-rl command line does
 
     set_threads(args.threads)
     torch.manual_seed(0)

@@ -67,8 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buffer-size", type=int, default=10_000)
     parser.add_argument("--learning-starts", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="keep glibc's malloc defaults (sap-rl's commands keep freed memory)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if not args.malloc_defaults:
+        from sap_rl.memory import keep_freed_memory
+
+        keep_freed_memory()  # as the sap-rl command line does
 
     rates: dict[str, list[float]] = {"DQN": [], "DDQN": []}
     for r in range(args.rounds):

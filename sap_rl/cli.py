@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from sap_rl import __version__
 from sap_rl.errors import UserError
+from sap_rl.memory import keep_freed_memory
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()
     handler: Handler = args.func
     try:
         return handler(args)
