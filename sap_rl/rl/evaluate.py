@@ -38,7 +38,7 @@ Example:
     >>> cfg.eps, cfg.defenses
     ([0.0, 1.0, 2.0], ['dense', 'sap-100'])
     >>> [c.name for c in plan_cells(cfg)][:3]
-    ['dense__clean', 'dense__fgsm__1', 'dense__fgsm__2']
+    ['dense__clean', 'sap-100__clean', 'dense__fgsm__1']
 """
 
 from __future__ import annotations

@@ -61,6 +61,21 @@ def test_evaluate_runs_and_prints_the_table(
     assert "0 cells played, 2 reused" in capsys.readouterr().out
 
 
+def test_time_limit_and_overlap_flags(
+    agent_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate", "--agent", str(agent_dir), "--defense", "dense", "--eps", "0,2",
+            "--out", str(out), *SMALL]  # fmt: skip
+    assert main([*args, "--time-limit", "0.000001"]) == 0
+    printed = capsys.readouterr().out
+    assert "time limit reached: 2 cells not played; rerun the same command" in printed
+    assert main([*args, "--overlap"]) == 0
+    assert "2 cells played" in capsys.readouterr().out
+    meta = json.loads((out / "summary.json").read_text())
+    assert meta["config"]["overlap"] is True and meta["cells_missing"] == []
+
+
 def test_config_file_with_flag_overrides(agent_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "eval.yaml"
     config.write_text(
@@ -104,6 +119,7 @@ def _broken_agent(tmp_path: Path, agent_dir: Path) -> Path:
         (["--episodes", "0"], "episodes must be an integer >= 1"),
         (["--perturb", "all"], "invalid choice"),
         (["--device", "tpu"], "unknown device"),
+        (["--time-limit", "0"], "--time-limit must be a positive number of minutes"),
         (["BROKEN"], "missing model.safetensors"),
         (["CONFIG"], "unknown config key 'defences'"),
     ],
