@@ -135,7 +135,10 @@ def test_property_unbiased_and_well_formed(values: list[float], ratio: float, mo
     q = keep_prob(h, r)
     se = standard_error(h, q, n)
     err = (out.double().mean(0) - h.double()).abs()
-    assert bool((err <= SIGMAS * se + 1e-6 * (1 + h.abs().max())).all())
+    # An element kept about n*q << 1 times has a Poisson-like count, not a normal one: allow a
+    # few whole keeps (|h| / (n q) each) on top of the normal band (P(>= 5 extra) < 1e-6 there).
+    one_keep = torch.where(h == 0, 0.0, h.double().abs() / (n * q.clamp(min=1e-300)))
+    assert bool((err <= SIGMAS * se + SIGMAS * one_keep + 1e-6 * (1 + h.abs().max())).all())
 
 
 # --- numerics ------------------------------------------------------------------------------------

@@ -179,8 +179,9 @@ def predict_proba(
     """Class probabilities: the softmax averaged over ``samples`` passes, without gradient.
 
     Example:
-        >>> predict_proba(nn.Linear(3, 4), torch.zeros(2, 3)).sum(dim=1)
-        tensor([1., 1.])
+        >>> probs = predict_proba(nn.Linear(3, 4), torch.zeros(2, 3))
+        >>> probs.shape, bool(torch.allclose(probs.sum(dim=1), torch.ones(2)))
+        (torch.Size([2, 4]), True)
     """
     with torch.no_grad():
         if samples == 1:
