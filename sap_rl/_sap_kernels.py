@@ -261,7 +261,7 @@ def _scale_row_libm(  # pragma: no cover - compiled
     return _scale_row(h_row, lo, r, scales, m_row, False)
 
 
-@nb.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@nb.njit(parallel=True, cache=True, error_model="numpy")
 def fast_fill(  # pragma: no cover - compiled
     h: np.ndarray,
     r: int,
@@ -321,7 +321,7 @@ def _scale_row(  # pragma: no cover - compiled
     return big
 
 
-@nb.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@nb.njit(parallel=True, cache=True, error_model="numpy")
 def exact_fill(  # pragma: no cover - compiled
     h: np.ndarray,
     r: int,

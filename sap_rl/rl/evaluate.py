@@ -52,7 +52,6 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -131,10 +130,6 @@ class EvalConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         threads: CPU threads of torch and of SAP's numba kernels during the run (``None``: as
             they are). On a busy machine, 1 is often much faster than 2.
-        overlap: step half of the environments while a second thread attacks the other half
-            (:func:`play_matched_games`); faster with a free CPU core. The games and a
-            deterministic defense's results are unchanged; a stochastic defense's draws differ,
-            as they do with another ``n_envs``.
     """
 
     agent: str | None = None
@@ -153,7 +148,6 @@ class EvalConfig:
     random_episodes: int = 10
     device: str = "auto"
     threads: int | None = None
-    overlap: bool = False
 
     def __post_init__(self) -> None:
         for name in ("episodes", "n_envs", "eot_samples", "action_samples", "random_episodes"):
@@ -426,8 +420,7 @@ def _play_cell(
     )
     policy = agent_policy(attack, device=device, epsilon=config.epsilon, seed=config.seed)
     with _seeded_torch(cell_seed, device):
-        return play_matched_games(envs, policy, config.episodes, seed=config.seed,
-                                  on_game=on_game, overlap=config.overlap)  # fmt: skip
+        return play_matched_games(envs, policy, config.episodes, seed=config.seed, on_game=on_game)
 
 
 # --------------------------------------------------------------------------- playing games
@@ -493,7 +486,6 @@ def play_matched_games(
     *,
     seed: int,
     on_game: Callable[[GameRecord], None] | None = None,
-    overlap: bool = False,
 ) -> list[GameRecord]:
     """Play games ``0 .. n_games-1`` on parallel envs; game ``g`` starts with seed ``seed + g``.
 
@@ -501,12 +493,6 @@ def play_matched_games(
     never changes the game. Every step, the policy gets the observations of all running games in
     one batch. ``envs`` must be evaluation envs (:func:`sap_rl.rl.envs.make_env` with
     ``training=False``): a game ends with ``info["episode"]``.
-
-    With ``overlap=True`` the envs form two halves: while this thread steps one half's
-    emulators, a second thread runs the policy (the attack's forward/backward passes, which
-    release the GIL) on the other half, so a second CPU core is kept busy. Each policy call
-    then sees half the games; the games and a deterministic policy's actions are unchanged, while
-    a stochastic defense's draws differ (as with another number of envs).
 
     Returns:
         One record per game, in game order.
@@ -520,11 +506,8 @@ def play_matched_games(
     if n_games < 1:
         raise UserError(f"the number of games must be >= 1, got {n_games}")
     table = _GameTable(envs, n_games, seed, on_game)
-    if overlap and len(envs) >= 2:
-        _play_overlapped(table, policy)
-    else:
-        while slots := table.active(range(len(envs))):
-            table.step(*table.decide(policy, slots))
+    while slots := table.active(range(len(envs))):
+        table.step(*table.decide(policy, slots))
     return table.records()
 
 
@@ -558,7 +541,7 @@ class _GameTable:
         return [slot for slot in slots if self.playing[slot] is not None]
 
     def decide(self, policy: GamePolicy, slots: list[int]) -> tuple[list[int], np.ndarray]:
-        """The policy's actions for the games on ``slots`` (reads only those slots)."""
+        """The policy's actions for the games on ``slots``, in one batch."""
         games = [self.playing[slot] for slot in slots]
         return slots, policy(np.stack([self.obs[slot] for slot in slots]), games)  # type: ignore[arg-type]
 
@@ -587,33 +570,6 @@ class _GameTable:
 
     def records(self) -> list[GameRecord]:
         return [self.results[g] for g in range(self.n_games)]
-
-
-def _play_overlapped(table: _GameTable, policy: GamePolicy) -> None:
-    """Alternate two halves of the envs: step one half here while a worker decides the other.
-
-    The worker runs the policy calls one at a time in the order they are queued (half 0, half 1,
-    half 0, ...), so the random draws of a stochastic policy follow a fixed order.
-    """
-    n = len(table.envs)
-    halves = [range(0, (n + 1) // 2), range((n + 1) // 2, n)]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sap-rl-policy") as worker:
-        pending: list[Future[tuple[list[int], np.ndarray]] | None] = [None, None]
-
-        def queue(half: int) -> None:
-            slots = table.active(halves[half])
-            pending[half] = worker.submit(table.decide, policy, slots) if slots else None
-
-        queue(0)
-        queue(1)
-        half = 0
-        while pending[0] is not None or pending[1] is not None:
-            future = pending[half]
-            if future is not None:
-                slots, actions = future.result()
-                table.step(slots, actions)  # meanwhile the worker decides the other half
-                queue(half)
-            half = 1 - half
 
 
 def play_wrapped(

@@ -64,10 +64,6 @@ def register(subparsers: Any) -> None:
     add("--device", help="auto (default), cpu, cuda")
     add("--threads", type=int, metavar="N",
         help="CPU threads of torch and SAP (default: as is; 1 is best on busy CPUs)")  # fmt: skip
-    add("--overlap", action="store_true", default=None,
-        help="step half of the envs while a second thread attacks the other half (faster "
-        "with a free CPU core; stochastic defenses get other draws, as with another "
-        "--n-envs)")  # fmt: skip
     add("--time-limit", type=float, metavar="MINUTES",
         help="start no new cell after MINUTES; the summary covers the finished cells and "
         "rerunning the same command plays the rest")  # fmt: skip
@@ -95,7 +91,7 @@ def _floats(text: str, flag: str) -> list[float]:
 
 _PLAIN_KEYS = (
     "agent", "game", "episodes", "n_envs", "seed", "eot_samples", "action_samples", "perturb",
-    "epsilon", "max_steps", "random_episodes", "device", "threads", "overlap",
+    "epsilon", "max_steps", "random_episodes", "device", "threads",
 )  # fmt: skip
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from sap_rl.defenses import apply_defense
 from sap_rl.errors import UserError
 from sap_rl.rl.agent import AgentCard, QNetwork, Score, save_agent
 from sap_rl.rl.envs import AtariPreprocessing, make_env
@@ -61,9 +60,8 @@ def _envs(n: int, max_steps: int) -> list:
 def _play(net: torch.nn.Module, attack: str | None, eps: float, *, n_envs: int, games: int,
           max_steps: int, **kwargs: object) -> list[tuple[int, float, int]]:  # fmt: skip
     envs = _envs(n_envs, max_steps)
-    overlap = bool(kwargs.pop("overlap", False))
     attacker = ObservationAttack(net, attack, eps, **kwargs)  # type: ignore[arg-type]
-    records = play_matched_games(envs, agent_policy(attacker), games, seed=0, overlap=overlap)
+    records = play_matched_games(envs, agent_policy(attacker), games, seed=0)
     for env in envs:
         env.close()
     return [(r.seed, r.reward, r.length) for r in records]
@@ -106,25 +104,6 @@ def test_which_env_slot_plays_a_game_does_not_matter(net: QNetwork) -> None:
     one = _play(net, "fgsm", 1.0, n_envs=1, games=3, max_steps=40)
     three = _play(net, "fgsm", 1.0, n_envs=3, games=3, max_steps=40)
     assert one == three
-
-
-def test_overlapped_play_gives_the_same_games(net: QNetwork) -> None:
-    """Two halves of the envs, one stepped while the other is attacked: same games and scores."""
-    plain = _play(net, "fgsm", 2.0, n_envs=3, games=5, max_steps=40)
-    assert _play(net, "fgsm", 2.0, n_envs=3, games=5, max_steps=40, overlap=True) == plain
-    assert _play(net, "fgsm", 2.0, n_envs=1, games=2, max_steps=40, overlap=True) == plain[:2]
-
-
-def test_overlapped_play_is_reproducible_for_a_stochastic_defense(net: QNetwork) -> None:
-    sap_net = apply_defense(net, "sap-50")
-
-    def run() -> list[tuple[int, float, int]]:
-        torch.manual_seed(3)
-        return _play(sap_net, "fgsm", 2.0, n_envs=4, games=6, max_steps=40, overlap=True)
-
-    first = run()
-    assert [seed for seed, _, _ in first] == list(range(6))
-    assert run() == first
 
 
 def test_exactly_the_first_n_games_are_collected() -> None:

@@ -61,7 +61,7 @@ def test_evaluate_runs_and_prints_the_table(
     assert "0 cells played, 2 reused" in capsys.readouterr().out
 
 
-def test_time_limit_and_overlap_flags(
+def test_time_limit_flag(
     agent_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "eval"
@@ -70,10 +70,9 @@ def test_time_limit_and_overlap_flags(
     assert main([*args, "--time-limit", "0.000001"]) == 0
     printed = capsys.readouterr().out
     assert "time limit reached: 2 cells not played; rerun the same command" in printed
-    assert main([*args, "--overlap"]) == 0
+    assert main(args) == 0
     assert "2 cells played" in capsys.readouterr().out
-    meta = json.loads((out / "summary.json").read_text())
-    assert meta["config"]["overlap"] is True and meta["cells_missing"] == []
+    assert json.loads((out / "summary.json").read_text())["cells_missing"] == []
 
 
 def test_config_file_with_flag_overrides(agent_dir: Path, tmp_path: Path) -> None:
