@@ -1,4 +1,4 @@
-"""Process-level memory settings for the ``sap-rl`` commands and the benchmarks.
+"""Process-level memory settings for the ``sap-rl`` commands and the RL benchmarks.
 
 PyTorch's CPU tensors come straight from ``malloc``. With glibc's defaults, a buffer above the
 dynamic mmap threshold (128 KiB to 32 MiB) is mapped fresh and unmapped on ``free``, and the top
@@ -9,7 +9,8 @@ machine. :func:`keep_freed_memory` makes glibc keep freed memory for reuse inste
 only where buffers come from, never a computed value.
 
 It is a process-wide setting, so the library never applies it on import: the ``sap-rl``
-command line and the benchmarks call it at start-up. On other C libraries it does nothing.
+command line, ``benchmarks/bench_eval.py`` and ``benchmarks/bench_train.py`` call it at
+start-up. On other C libraries it does nothing.
 
 Example:
     >>> keep_freed_memory() in (True, False)

@@ -128,6 +128,7 @@ class DoubleDQN(DQN):
         """SB3 ``DQN.train`` with :meth:`td_target` as the target (same logging keys)."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
+
         losses = []
         for _ in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
@@ -137,10 +138,12 @@ class DoubleDQN(DQN):
             current_q_values = th.gather(current_q_values, dim=1, index=replay_data.actions.long())
             loss = F.smooth_l1_loss(current_q_values, target_q_values)
             losses.append(loss.item())
+
             self.policy.optimizer.zero_grad()
             loss.backward()
             th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             self.policy.optimizer.step()
+
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", np.mean(losses))

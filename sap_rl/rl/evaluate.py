@@ -51,7 +51,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -505,71 +505,45 @@ def play_matched_games(
     """
     if n_games < 1:
         raise UserError(f"the number of games must be >= 1, got {n_games}")
-    table = _GameTable(envs, n_games, seed, on_game)
-    while slots := table.active(range(len(envs))):
-        table.step(*table.decide(policy, slots))
-    return table.records()
+    results: dict[int, GameRecord] = {}
+    playing: list[int | None] = [None] * len(envs)
+    obs: list[np.ndarray] = [np.empty(0, np.uint8)] * len(envs)
+    next_game = 0
 
+    def start(slot: int) -> None:
+        nonlocal next_game
+        playing[slot] = None
+        if next_game < n_games:
+            obs[slot], _ = envs[slot].reset(seed=seed + next_game)
+            playing[slot] = next_game
+            next_game += 1
 
-class _GameTable:
-    """Which env slot plays which game, the slots' latest observations, the finished games."""
-
-    def __init__(
-        self,
-        envs: Sequence[gym.Env],
-        n_games: int,
-        seed: int,
-        on_game: Callable[[GameRecord], None] | None,
-    ) -> None:
-        self.envs, self.n_games, self.seed, self.on_game = envs, n_games, seed, on_game
-        self.playing: list[int | None] = [None] * len(envs)
-        self.obs: list[np.ndarray] = [np.empty(0, np.uint8)] * len(envs)
-        self.results: dict[int, GameRecord] = {}
-        self.next_game = 0
-        for slot in range(len(envs)):
-            self.start(slot)
-
-    def start(self, slot: int) -> None:
-        """Give ``slot`` the next unplayed game (reset with its seed), or leave it idle."""
-        self.playing[slot] = None
-        if self.next_game < self.n_games:
-            self.obs[slot], _ = self.envs[slot].reset(seed=self.seed + self.next_game)
-            self.playing[slot] = self.next_game
-            self.next_game += 1
-
-    def active(self, slots: Iterable[int]) -> list[int]:
-        return [slot for slot in slots if self.playing[slot] is not None]
-
-    def decide(self, policy: GamePolicy, slots: list[int]) -> tuple[list[int], np.ndarray]:
-        """The policy's actions for the games on ``slots``, in one batch."""
-        games = [self.playing[slot] for slot in slots]
-        return slots, policy(np.stack([self.obs[slot] for slot in slots]), games)  # type: ignore[arg-type]
-
-    def step(self, slots: list[int], actions: np.ndarray) -> None:
-        """Step the envs on ``slots``; a finished game is recorded and the slot restarted."""
-        for slot, action in zip(slots, actions, strict=True):
-            self.obs[slot], _, terminated, truncated, info = self.envs[slot].step(int(action))
+    for slot in range(len(envs)):
+        start(slot)
+    while any(g is not None for g in playing):
+        active = [slot for slot, g in enumerate(playing) if g is not None]
+        games = [playing[slot] for slot in active]
+        actions = policy(np.stack([obs[slot] for slot in active]), games)  # type: ignore[arg-type]
+        for slot, game, action in zip(active, games, actions, strict=True):
+            obs[slot], _, terminated, truncated, info = envs[slot].step(int(action))
             if not (terminated or truncated):
                 continue
-            game = self.playing[slot]
             assert game is not None
             episode = info.get("episode")
             if episode is None:
                 raise RuntimeError("a game ended without info['episode']; use evaluation envs")
             record = GameRecord(
                 episode=game,
-                seed=self.seed + game,
+                seed=seed + game,
                 reward=float(episode["r"]),
                 length=int(episode["l"]),
                 truncated=bool(episode.get("truncated", truncated and not terminated)),
             )
-            self.results[game] = record
-            if self.on_game is not None:
-                self.on_game(record)
-            self.start(slot)
-
-    def records(self) -> list[GameRecord]:
-        return [self.results[g] for g in range(self.n_games)]
+            results[game] = record
+            if on_game is not None:
+                on_game(record)
+            start(slot)
+    return [results[g] for g in range(n_games)]
 
 
 def play_wrapped(

@@ -67,7 +67,7 @@ from torch import nn
 
 from sap_rl.attacks import AttackSpec, parse_attack
 from sap_rl.errors import UserError
-from sap_rl.sap import mc_average, stochastic_modules
+from sap_rl.sap import mc_average, repeat_rows, stochastic_modules
 
 __all__ = [
     "PERTURB_MODES",
@@ -109,8 +109,7 @@ class _NewestFrame(nn.Module):
         self.older = older.detach()
 
     def forward(self, newest: torch.Tensor) -> torch.Tensor:
-        copies = newest.shape[0] // self.older.shape[0]
-        older = self.older if copies == 1 else self.older.repeat(copies, 1, 1, 1)
+        older = repeat_rows(self.older, newest.shape[0] // self.older.shape[0])
         return self.model(torch.cat([older, newest], dim=1))
 
 

@@ -42,12 +42,17 @@ def _summary(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def _dense_args(agent_dir: Path, out: Path) -> list[str]:
+    """``sap-rl evaluate`` of the test agent: dense, FGSM at eps 2, the small settings."""
+    return ["evaluate", "--agent", str(agent_dir), "--defense", "dense", "--eps", "0,2",
+            "--out", str(out), *SMALL]  # fmt: skip
+
+
 def test_evaluate_runs_and_prints_the_table(
     agent_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "eval"
-    args = ["evaluate", "--agent", str(agent_dir), "--defense", "dense", "--eps", "0,2",
-            "--out", str(out), *SMALL]  # fmt: skip
+    args = _dense_args(agent_dir, out)
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].split() == [
@@ -65,8 +70,7 @@ def test_time_limit_flag(
     agent_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "eval"
-    args = ["evaluate", "--agent", str(agent_dir), "--defense", "dense", "--eps", "0,2",
-            "--out", str(out), *SMALL]  # fmt: skip
+    args = _dense_args(agent_dir, out)
     assert main([*args, "--time-limit", "0.000001"]) == 0
     printed = capsys.readouterr().out
     assert "time limit reached: 2 cells not played; rerun the same command" in printed
