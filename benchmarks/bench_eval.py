@@ -8,7 +8,11 @@ Four ways of playing the same capped games of a real ALE game, measured side by 
 - ``wrapper fgsm``: the plain user loop (:func:`~sap_rl.rl.evaluate.play_wrapped`): one env at a
   time wrapped in :class:`~sap_rl.rl.perturb.PerturbObservation`, one game after the other;
 - ``batched clean`` and ``wrapper clean``: the same loops at eps = 0 (no attack), for the attack's
-  overhead.
+  overhead;
+- ``workers fgsm`` (with ``--workers N`` > 1): what ``sap-rl evaluate --workers N`` does, N FGSM
+  cells (eps, 2 eps, ...; games of the same length, all capped) played at the same time by
+  :func:`~sap_rl.rl.evaluate.play_cells` in N worker processes, each cell batched as above.
+  Starting the workers (spawned processes that import torch) is inside the timed region.
 
 Every round runs the four in a rotated order, so that load from other processes hits all alike;
 the figures are medians over rounds, and each ratio is the median of the per-round ratios.
@@ -23,7 +27,9 @@ Usage::
 Both loops use ``--threads`` CPU threads (default 1, the fastest setting on a busy 2-core machine;
 see docs/evaluation.md). ``--defense sap-100`` times a stochastic defense instead of ``dense``.
 
-Target: batched fgsm >= 3x wrapper fgsm (agent steps per second).
+Target: batched fgsm >= 3x wrapper fgsm (agent steps per second). The ``workers`` line uses N
+processes where the other loops use one: it measures the whole evaluator on an N-core machine,
+not the batching alone, and is reported as its own ratio.
 """
 
 from __future__ import annotations
@@ -42,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     from sap_rl.defenses import apply_defense
     from sap_rl.rl.agent import QNetwork, load_agent
     from sap_rl.rl.envs import AtariPreprocessing, make_env, n_actions
-    from sap_rl.rl.evaluate import agent_policy, play_matched_games, play_wrapped, set_threads
+    from sap_rl.rl.evaluate import (
+        Cell,
+        EvalConfig,
+        agent_policy,
+        play_cells,
+        play_matched_games,
+        play_wrapped,
+        set_threads,
+    )
     from sap_rl.rl.perturb import ObservationAttack
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wrapper-games", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=400, help="cap per game (agent steps)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (both loops)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (of each process)")
+    parser.add_argument("--workers", type=int, default=2, help="processes of the workers mode")
     parser.add_argument(
         "--malloc-defaults",
         action="store_true",
@@ -97,12 +112,25 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
+    def workers() -> int:
+        config = EvalConfig(
+            defenses=[args.defense], attacks=[args.attack], episodes=args.batched_games,
+            n_envs=args.n_envs, max_steps=args.max_steps, threads=args.threads,
+            workers=args.workers,
+        )  # fmt: skip
+        cells = [Cell(config.defenses[0], config.attacks[0], args.eps * (i + 1))
+                 for i in range(args.workers)]  # fmt: skip
+        return sum(g.length for _, games, _ in play_cells(net, args.game, config, cells)
+                   for g in games)  # fmt: skip
+
     modes = {
         f"batched {args.attack}": batched(args.eps),
         f"wrapper {args.attack}": wrapper(args.eps),
         "batched clean": batched(0.0),
         "wrapper clean": wrapper(0.0),
     }
+    if args.workers > 1:
+        modes[f"workers {args.attack}"] = workers
     names = list(modes)
     rates: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
@@ -119,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"game {args.game}, defense {args.defense}, {args.attack} eps={args.eps:g}, "
           f"n_envs {args.n_envs}, games capped at {args.max_steps} steps, "
-          f"torch threads {torch.get_num_threads()}, {args.rounds} rounds")  # fmt: skip
+          f"torch threads {torch.get_num_threads()}, workers {args.workers}, "
+          f"{args.rounds} rounds")  # fmt: skip
     print(f"{'mode':<16} {'agent steps/s':>14} {'min':>8} {'max':>8}")
     for name in names:
         print(f"{name:<16} {statistics.median(rates[name]):>14.0f} "
@@ -127,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     attack = args.attack
     speedup = ratio(f"batched {attack}", f"wrapper {attack}")
     print(f"batched / wrapper under {attack}: {speedup:.2f}x (target >= 3x)")
+    if args.workers > 1:
+        print(f"{args.workers} workers / wrapper under {attack}: "
+              f"{ratio(f'workers {attack}', f'wrapper {attack}'):.2f}x "
+              f"({args.workers} processes vs 1)")  # fmt: skip
     print(f"batched / wrapper clean:        {ratio('batched clean', 'wrapper clean'):.2f}x")
     print(f"attack overhead, batched: clean / {attack} = "
           f"{ratio('batched clean', f'batched {attack}'):.2f}x")  # fmt: skip

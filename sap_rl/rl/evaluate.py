@@ -69,10 +69,11 @@ from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_write_json, read_json
 from sap_rl.report import SummaryRow, plot_metric, summarize, write_csv, write_summary
-from sap_rl.rl.agent import CARD_FILE, AgentCard, load_agent
+from sap_rl.rl.agent import CARD_FILE, AgentCard, QNetwork, load_agent
 from sap_rl.rl.envs import AtariPreprocessing, make_env, obs_to_tensor
 from sap_rl.rl.games import Game, resolve_game
 from sap_rl.rl.perturb import PERTURB_MODES, ObservationAttack, PerturbObservation, check_eps
+from sap_rl.rl.workers import post_event, run_jobs
 
 __all__ = [
     "EPISODE_COLUMNS",
@@ -83,6 +84,7 @@ __all__ = [
     "evaluate",
     "find_agents",
     "plan_cells",
+    "play_cells",
     "play_matched_games",
     "play_wrapped",
     "resolve_agent",
@@ -129,7 +131,11 @@ class EvalConfig:
         random_episodes: games of the uniform random policy, if the card has no random score.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         threads: CPU threads of torch and of SAP's numba kernels during the run (``None``: as
-            they are). On a busy machine, 1 is often much faster than 2.
+            they are; 1 in each worker when ``workers`` > 1). On a busy machine, 1 is often much
+            faster than 2.
+        workers: processes playing cells at the same time (:mod:`sap_rl.rl.workers`). Cells
+            are independent and seeded on their own, so this changes only the speed, never a
+            game: give it the number of free cores.
     """
 
     agent: str | None = None
@@ -148,9 +154,18 @@ class EvalConfig:
     random_episodes: int = 10
     device: str = "auto"
     threads: int | None = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "n_envs", "eot_samples", "action_samples", "random_episodes"):
+        names = (
+            "episodes",
+            "n_envs",
+            "eot_samples",
+            "action_samples",
+            "random_episodes",
+            "workers",
+        )
+        for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
@@ -347,32 +362,33 @@ def evaluate(
     )  # fmt: skip
 
     started = time.perf_counter()
+
+    def may_start() -> bool:
+        return time_limit_s <= 0 or time.perf_counter() - started < time_limit_s
+
     restore_threads = set_threads(config.threads) if config.threads else None
-    envs = [make_env(game, training=False, preprocessing=_preprocessing(config))
-            for _ in range(min(config.n_envs, config.episodes))]  # fmt: skip
     try:
-        random_score, random_source = _random_score(card, config, envs, out_dir)
+        random_score, random_source = _random_score(card, config, game, out_dir)
         bar = _progress_bar(len(cells) * config.episodes, len(done) * config.episodes, progress)
         with bar, _logging_beside(bar):
-            for cell in cells:
-                if cell in done:
-                    continue
-                if time_limit_s > 0 and time.perf_counter() - started >= time_limit_s:
-                    logger.warning("time limit of %.0f s reached; %d cells left to play",
-                                   time_limit_s, sum(c not in done for c in cells))  # fmt: skip
-                    break
-                bar.set_description(cell.name)
-                t0 = time.perf_counter()
-                games = _play_cell(net, cell, config, envs, device, on_game=lambda _: bar.update())
-                _save_cell(out_dir, cell, games, fingerprint, config, time.perf_counter() - t0)
+            todo = [cell for cell in cells if cell not in done]
+            if config.workers > 1:
+                bar.set_description(f"{config.workers} workers")
+            played = play_cells(
+                net, game, config, todo, device=device, may_start=may_start,
+                on_game=bar.update, on_start=lambda c: bar.set_description(c.name),
+            )  # fmt: skip
+            for cell, games, seconds in played:
+                _save_cell(out_dir, cell, games, fingerprint, config, seconds)
                 done[cell] = games
                 _write_episodes(out_dir, game, card, cells, done)
-                _log_cell(cell, games, time.perf_counter() - t0)
+                _log_cell(cell, games, seconds)
     finally:
-        for env in envs:
-            env.close()
         if restore_threads is not None:
             set_threads(*restore_threads)
+    if len(done) < len(cells):
+        logger.warning("time limit of %.0f s reached; %d cells left to play",
+                       time_limit_s, len(cells) - len(done))  # fmt: skip
 
     records = [(c.defense, attack, c.eps, g.reward)
                for c in cells if c in done
@@ -421,6 +437,97 @@ def _play_cell(
     policy = agent_policy(attack, device=device, epsilon=config.epsilon, seed=config.seed)
     with _seeded_torch(cell_seed, device):
         return play_matched_games(envs, policy, config.episodes, seed=config.seed, on_game=on_game)
+
+
+def _make_envs(game: Game, config: EvalConfig) -> list[gym.Env]:
+    return [make_env(game, training=False, preprocessing=_preprocessing(config))
+            for _ in range(min(config.n_envs, config.episodes))]  # fmt: skip
+
+
+def play_cells(
+    net: nn.Module,
+    game: Game | str,
+    config: EvalConfig,
+    cells: Sequence[Cell],
+    *,
+    device: str | torch.device = "cpu",
+    may_start: Callable[[], bool] | None = None,
+    on_game: Callable[[], None] | None = None,
+    on_start: Callable[[Cell], None] | None = None,
+) -> Iterator[tuple[Cell, list[GameRecord], float]]:
+    """Play ``cells`` of ``config`` with ``net``; yield ``(cell, games, seconds)`` as each ends.
+
+    With ``config.workers`` > 1 the cells are played that many at a time in worker processes
+    (:mod:`sap_rl.rl.workers`; CPU threads per worker: ``config.threads`` or 1), else one after
+    the other here. Either way each cell's games are the same: cells are seeded on their own.
+
+    Args:
+        net: the agent's Q-network (the defenses are inserted per cell).
+        game: the game the agent plays.
+        config: the settings (episodes, n_envs, seeds, attack options, workers...).
+        cells: the cells to play, started in this order.
+        device: where the network runs in this process (workers use ``config.device``).
+        may_start: asked before each cell starts; once it says no, no further cell starts.
+        on_game: called here after every finished game (for progress bars).
+        on_start: called here with each cell started in this process (one worker).
+
+    Example:
+        >>> from sap_rl.rl.agent import QNetwork
+        >>> cfg = EvalConfig(episodes=1, n_envs=1, max_steps=20)
+        >>> played = play_cells(QNetwork(6), "Pong", cfg, plan_cells(cfg)[:1])
+        >>> [(cell.name, len(games)) for cell, games, _ in played]
+        [('dense__clean', 1)]
+    """
+    game = resolve_game(game) if isinstance(game, str) else game
+    may_start = may_start or (lambda: True)
+    count_game = (lambda _: on_game()) if on_game is not None else None
+    if config.workers > 1 and len(cells) > 1:
+        state = {name: value.detach().cpu() for name, value in net.state_dict().items()}
+        for cell, (games, seconds) in run_jobs(
+            _worker_cell, cells, workers=min(config.workers, len(cells)),
+            initializer=_worker_setup, initargs=(state, game.name, config), may_start=may_start,
+            on_event=count_game,
+        ):  # fmt: skip
+            yield cell, games, seconds
+        return
+    envs = _make_envs(game, config)
+    try:
+        for cell in cells:
+            if not may_start():
+                return
+            if on_start is not None:
+                on_start(cell)
+            t0 = time.perf_counter()
+            games = _play_cell(net, cell, config, envs, torch.device(device), on_game=count_game)
+            yield cell, games, time.perf_counter() - t0
+    finally:
+        for env in envs:
+            env.close()
+
+
+_worker: dict[str, Any] = {}  # a worker process's network, envs and config (_worker_setup)
+
+
+def _worker_setup(state: dict[str, torch.Tensor], game_name: str, config: EvalConfig) -> None:
+    """Build the agent's network and the envs once in a worker process of :func:`run_jobs`."""
+    from sap_rl.memory import keep_freed_memory
+
+    keep_freed_memory()  # a process of our own: the setting of the sap-rl command line
+    set_threads(config.threads or 1)
+    net = QNetwork(int(state["head.weight"].shape[0]))
+    net.load_state_dict(state)
+    device = resolve_device(config.device)
+    game = resolve_game(game_name)
+    _worker.update(net=net.to(device).eval(), config=config, device=device,
+                   envs=_make_envs(game, config))  # fmt: skip
+
+
+def _worker_cell(cell: Cell) -> tuple[list[GameRecord], float]:
+    """Play one cell in a worker process; each finished game is posted to the parent."""
+    t0 = time.perf_counter()
+    games = _play_cell(_worker["net"], cell, _worker["config"], _worker["envs"],
+                       _worker["device"], on_game=post_event)  # fmt: skip
+    return games, time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------- playing games
@@ -601,7 +708,7 @@ def play_wrapped(
 
 
 def _random_score(
-    card: AgentCard, config: EvalConfig, envs: Sequence[gym.Env], out_dir: Path
+    card: AgentCard, config: EvalConfig, game: Game, out_dir: Path
 ) -> tuple[float, str]:
     """The random-policy score: from the card, from the cache in ``out_dir``, or measured."""
     if card.random_score is not None:
@@ -614,11 +721,16 @@ def _random_score(
         if isinstance(cached, dict) and cached.get("key") == key:
             return float(cached["mean"]), f"measured, cached in {RANDOM_FILE}"
     logger.info("measuring the random-policy score over %d games", config.random_episodes)
-    n_actions = int(envs[0].action_space.n)  # type: ignore[attr-defined]
-    games = play_matched_games(
-        envs, random_game_policy(n_actions, seed=config.seed), config.random_episodes,
-        seed=config.seed,
-    )  # fmt: skip
+    envs = _make_envs(game, config)
+    try:
+        n_actions = int(envs[0].action_space.n)  # type: ignore[attr-defined]
+        games = play_matched_games(
+            envs, random_game_policy(n_actions, seed=config.seed), config.random_episodes,
+            seed=config.seed,
+        )  # fmt: skip
+    finally:
+        for env in envs:
+            env.close()
     mean = float(np.mean([g.reward for g in games]))
     atomic_write_json(path, {"key": key, "mean": mean, "games": [asdict(g) for g in games]})
     return mean, f"measured over {len(games)} games of a uniform random policy"

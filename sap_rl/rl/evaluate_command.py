@@ -23,6 +23,7 @@ examples:
   sap-rl evaluate --agent pong-ddqn --eps 0,1,2,4,8 --defense dense,sap-100 --attack fgsm
   sap-rl evaluate --agent agents/pong-ddqn --attack fgsm-eot,pgd-10-eot --episodes 30
   sap-rl evaluate --config configs/eval/full.yaml --out runs/pong-full
+  sap-rl evaluate --agent roadrunner-ddqn --config configs/eval/study.yaml --workers 2
 """
 
 
@@ -64,6 +65,8 @@ def register(subparsers: Any) -> None:
     add("--device", help="auto (default), cpu, cuda")
     add("--threads", type=int, metavar="N",
         help="CPU threads of torch and SAP (default: as is; 1 is best on busy CPUs)")  # fmt: skip
+    add("--workers", type=int, metavar="N", help="play N cells at a time in N processes; "
+        "changes only the speed (default: 1; give it the free cores)")  # fmt: skip
     add("--time-limit", type=float, metavar="MINUTES",
         help="start no new cell after MINUTES; the summary covers the finished cells and "
         "rerunning the same command plays the rest")  # fmt: skip
@@ -91,7 +94,7 @@ def _floats(text: str, flag: str) -> list[float]:
 
 _PLAIN_KEYS = (
     "agent", "game", "episodes", "n_envs", "seed", "eot_samples", "action_samples", "perturb",
-    "epsilon", "max_steps", "random_episodes", "device", "threads",
+    "epsilon", "max_steps", "random_episodes", "device", "threads", "workers",
 )  # fmt: skip
 
 

@@ -142,6 +142,7 @@ def test_config_normalizes_names_and_always_adds_clean() -> None:
         ({"perturb": "first"}, "perturb"),
         ({"epsilon": 1.5}, "epsilon"),
         ({"defenses": []}, "no defense"),
+        ({"workers": 0}, "workers must be an integer >= 1"),
     ],
 )
 def test_bad_config_is_a_user_error(kwargs: dict, message: str) -> None:
@@ -314,3 +315,22 @@ def test_time_limit_stops_between_cells_and_a_rerun_finishes(
     assert {r["defense"] for r in _read(out / "summary.csv")} == {"dense"}
     rest = evaluate(_config(agent_dir), out, progress=False)
     assert (rest.cells_played, rest.cells_skipped, rest.cells_missing) == (2, 2, [])
+
+
+def test_workers_play_exactly_the_games_of_one_process(agent_dir: Path, tmp_path: Path) -> None:
+    # A stochastic defense and an EOT attack too: their draws are seeded per cell, not per process.
+    cfg = {"attacks": ["fgsm", "fgsm-eot"], "eot_samples": 2}
+    one = evaluate(_config(agent_dir, **cfg), tmp_path / "one", progress=False)
+    two = evaluate(_config(agent_dir, workers=2, **cfg), tmp_path / "two", progress=False)
+    assert (one.cells_played, two.cells_played) == (6, 6)
+    for name in ("episodes.csv", "summary.csv"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+    # The number of workers is not a setting of the games: the other folder's cells are reused.
+    again = evaluate(_config(agent_dir, **cfg), tmp_path / "two", progress=False)
+    assert (again.cells_played, again.cells_skipped) == (0, 6)
+
+
+def test_workers_respect_the_time_limit(agent_dir: Path, tmp_path: Path) -> None:
+    result = evaluate(_config(agent_dir, workers=2), tmp_path / "eval", progress=False,
+                      time_limit_s=1e-9)  # fmt: skip
+    assert (result.cells_played, len(result.cells_missing)) == (0, 4)

@@ -1,0 +1,123 @@
+"""Independent jobs in worker processes, a few at a time (``sap-rl evaluate --workers N``).
+
+The cells of an evaluation are independent: each plays its own seeded games with its own seeded
+draws. :func:`run_jobs` plays them in ``N`` spawned processes instead of one after the other, so
+a machine with ``N`` free cores finishes a grid up to ``N`` times sooner and every cell's games
+are exactly those one process plays. Workers report progress (a game finished) through
+:func:`post_event`; the parent receives the events in its own thread, between results.
+
+Workers are started with ``spawn`` (not ``fork``): the parent's torch and numba OpenMP thread
+pools are not safe to fork. Each worker therefore imports the package afresh (a few seconds), and
+jobs and their arguments must be picklable module-level functions and values.
+
+Example:
+    >>> from operator import neg
+    >>> sorted(run_jobs(neg, [1, 2, 3], workers=2))
+    [(1, -1), (2, -2), (3, -3)]
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, TypeVar
+
+__all__ = ["post_event", "run_jobs"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_events: Any = None  # the parent's event queue, in a worker process
+
+
+def _start_worker(
+    events: Any, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]
+) -> None:
+    global _events
+    _events = events
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def post_event(event: Any) -> None:
+    """Send ``event`` (picklable) to the parent's ``on_event``; does nothing outside a worker."""
+    if _events is not None:
+        _events.put(event)
+
+
+def _drain(events: Any, on_event: Callable[[Any], None] | None) -> None:
+    while True:
+        try:
+            event = events.get_nowait()
+        except queue.Empty:
+            return
+        if on_event is not None:
+            on_event(event)
+
+
+def run_jobs(
+    job: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+    may_start: Callable[[], bool] = lambda: True,
+    on_event: Callable[[Any], None] | None = None,
+    poll_s: float = 0.25,
+) -> Iterator[tuple[T, R]]:
+    """Run ``job(item)`` for each item in ``workers`` processes; yield ``(item, result)`` as done.
+
+    Items start in the order given, at most ``workers`` at a time. Before each start
+    ``may_start()`` is asked; once it says no, no further item starts, the running ones finish
+    and the rest are left unrun (a time limit).
+
+    Args:
+        job: picklable (module-level) function run in a worker.
+        items: the jobs' arguments, picklable.
+        workers: processes (>= 1).
+        initializer: run once in each worker with ``initargs`` (e.g. build the model and envs).
+        initargs: picklable arguments of ``initializer``.
+        may_start: asked before each start; ``False`` stops starting new items.
+        on_event: called in the parent with each :func:`post_event` of a worker.
+        poll_s: how often events are handed to ``on_event`` while jobs run.
+
+    Raises:
+        Whatever a job raised (the other workers are stopped first). Stopping the iteration early
+        (an exception in the consumer, Ctrl-C) stops the workers without waiting for them.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    context = mp.get_context("spawn")
+    events = context.Queue()
+    pending = list(items)[::-1]
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker,
+        initargs=(events, initializer, initargs),
+    )  # fmt: skip
+    running: dict[Future[R], T] = {}
+    clean_exit = False
+    try:
+        while pending or running:
+            while pending and len(running) < workers and may_start():
+                item = pending.pop()
+                running[pool.submit(job, item)] = item
+            if not running:
+                break
+            finished, _ = wait(running, timeout=poll_s, return_when=FIRST_COMPLETED)
+            _drain(events, on_event)
+            for future in [f for f in running if f in finished]:  # in start order
+                item = running.pop(future)
+                yield item, future.result()
+        clean_exit = True
+    finally:
+        if not clean_exit:
+            # Jobs still running may take hours: stop their processes instead of waiting.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        _drain(events, on_event if clean_exit else None)
+        events.close()
+        events.join_thread()
