@@ -93,7 +93,10 @@ class DoubleDQN(DQN):
 
     Takes exactly SB3 ``DQN``'s arguments. Only :meth:`train`'s target changes, through
     :meth:`td_target`; saving, loading (``DoubleDQN.load``), callbacks, logging, the progress
-    bar, n-step returns and vectorized environments behave as in SB3.
+    bar, n-step returns and vectorized environments behave as in SB3. For speed, the gradient
+    clipping and SB3's default Adam run torch's multi-tensor (``foreach``) loops, which compute
+    bitwise the same values as the per-tensor loops SB3 uses on CPU (pass
+    ``policy_kwargs={"optimizer_kwargs": {"foreach": False}}`` to choose otherwise).
 
     Example:
         >>> from sap_rl.rl.envs import make_vec_env
@@ -102,6 +105,16 @@ class DoubleDQN(DQN):
         ...                   device="cpu", seed=0)
         >>> _ = model.learn(80)
     """
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        # Adam's multi-tensor ("foreach") loop gives bitwise the same steps as SB3's default
+        # per-tensor loop on CPU (tested), in fewer kernel launches; an explicit choice is kept.
+        optimizer = self.policy.optimizer
+        if isinstance(optimizer, th.optim.Adam):
+            for group in optimizer.param_groups:
+                if group.get("foreach") is None:
+                    group["foreach"] = True
 
     def td_target(self, replay_data: ReplayBufferSamples) -> th.Tensor:
         """The Double DQN TD target ``(B, 1)`` of a replay batch (no gradient)."""
@@ -141,7 +154,8 @@ class DoubleDQN(DQN):
 
             self.policy.optimizer.zero_grad()
             loss.backward()
-            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            # foreach: the same norm and clipped gradients as SB3's call, bitwise (tested).
+            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm, foreach=True)
             self.policy.optimizer.step()
 
         self._n_updates += gradient_steps

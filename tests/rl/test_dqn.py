@@ -248,3 +248,32 @@ def test_train_step_reads_each_batch_preprocessed_once_and_exactly_as_sb3(
     monkeypatch.setattr(dqn, "preprocess_obs", counting)
     pong_model.train(gradient_steps=1, batch_size=4)
     assert calls == [4, 4]  # next observations (shared by both networks), then observations
+
+
+def test_foreach_loops_train_bitwise_like_sb3s_per_tensor_loops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def model(**policy_kwargs: object) -> DoubleDQN:
+        env = make_vec_env("Pong", 1, seed=0, training=True)
+        return DoubleDQN(
+            "CnnPolicy", env, buffer_size=64, learning_starts=10, train_freq=1, batch_size=4,
+            device="cpu", seed=0, policy_kwargs=policy_kwargs,
+        )  # fmt: skip
+
+    fast = model()
+    assert all(group["foreach"] for group in fast.policy.optimizer.param_groups)
+    fast.learn(30)
+
+    per_tensor_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip(*args: object, **kwargs: object) -> torch.Tensor:
+        kwargs["foreach"] = False
+        return per_tensor_clip(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    slow = model(optimizer_kwargs={"foreach": False})
+    assert not any(group["foreach"] for group in slow.policy.optimizer.param_groups)
+    slow.learn(30)
+    assert fast._n_updates == slow._n_updates == 20
+    for a, b in zip(fast.policy.parameters(), slow.policy.parameters(), strict=True):
+        assert torch.equal(a, b)
