@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
@@ -37,6 +38,9 @@ def _start_worker(
 ) -> None:
     global _events
     _events = events
+    # Ctrl-C reaches the whole process group: the parent stops the workers, so they ignore it
+    # (no traceback from every worker).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
         initializer(*initargs)
 
