@@ -482,6 +482,10 @@ def play_cells(
     may_start = may_start or (lambda: True)
     count_game = (lambda _: on_game()) if on_game is not None else None
     if config.workers > 1 and len(cells) > 1:
+        cores = os.cpu_count() or 1
+        if config.workers > cores:
+            logger.warning("%d workers on %d CPU cores: they will share cores (slower per cell)",
+                           config.workers, cores)  # fmt: skip
         state = {name: value.detach().cpu() for name, value in net.state_dict().items()}
         for cell, (games, seconds) in run_jobs(
             _worker_cell, cells, workers=min(config.workers, len(cells)),
