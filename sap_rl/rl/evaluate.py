@@ -445,7 +445,7 @@ def _make_envs(game: Game, config: EvalConfig) -> list[gym.Env]:
 
 
 def play_cells(
-    net: nn.Module,
+    net: QNetwork,
     game: Game | str,
     config: EvalConfig,
     cells: Sequence[Cell],
@@ -462,7 +462,8 @@ def play_cells(
     the other here. Either way each cell's games are the same: cells are seeded on their own.
 
     Args:
-        net: the agent's Q-network (the defenses are inserted per cell).
+        net: the agent's Q-network (the defenses are inserted per cell); workers rebuild it
+            from its weights.
         game: the game the agent plays.
         config: the settings (episodes, n_envs, seeds, attack options, workers...).
         cells: the cells to play, started in this order.
