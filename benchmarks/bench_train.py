@@ -6,6 +6,11 @@ parameters and torch thread count. Both models are built and warmed up (buffer f
 (DQN, DDQN, DDQN, DQN, DQN, ...), so load from other processes hits both alike within seconds.
 The ratio is total DDQN steps/s over total DQN steps/s; the per-round ratios show the spread.
 
+Afterwards it times, interleaved, one gradient update (``train(1, 32)``) of each model and one
+no-gradient batch-32 forward pass of the Q-network, the extra work Double DQN cannot avoid, and
+prints the ratio a DoubleDQN would reach if that forward pass were its only difference:
+``cycle / (cycle + forward)``, with ``cycle`` DQN's seconds per ``train_freq`` env steps.
+
 Usage::
 
     nice -n 10 python benchmarks/bench_train.py --game Pong --steps 500 --rounds 12
@@ -59,6 +64,28 @@ def timed_chunk(model: Any, steps: int) -> tuple[int, float]:
     return model.num_timesteps - start_steps, time.perf_counter() - start
 
 
+def update_costs(models: dict[str, Any], reps: int) -> dict[str, float]:
+    """Median seconds of one update of each model and of one no-grad batch-32 forward pass."""
+    import torch
+
+    q_net = models["DDQN"].q_net
+    obs = models["DDQN"].replay_buffer.sample(32).next_observations  # uint8, as in train()
+
+    def forward() -> None:
+        with torch.no_grad():
+            q_net(obs)
+
+    jobs = {"DQN": lambda: models["DQN"].train(1, 32),
+            "DDQN": lambda: models["DDQN"].train(1, 32), "forward": forward}  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(reps):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--game", default="Pong")
@@ -75,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         help="keep glibc's malloc defaults (sap-rl's commands keep freed memory)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--update-reps", type=int, default=40, help="timed updates per model")
     args = parser.parse_args(argv)
     if not args.malloc_defaults:
         from sap_rl.memory import keep_freed_memory
@@ -114,6 +142,18 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio DoubleDQN/DQN = {ratio:.3f} (total steps/s; median of per-round ratios "
         f"{statistics.median(paired):.3f}, range {min(paired):.3f}-{max(paired):.3f})  "
         f"target >= 0.9: {verdict}"
+    )
+    cost = update_costs(models, args.update_reps)
+    cycle = args.train_freq / dqn  # DQN's seconds per update cycle (train_freq env steps)
+    print(
+        f"one update (median of {args.update_reps}): DQN {cost['DQN'] * 1e3:.1f} ms, "
+        f"DoubleDQN {cost['DDQN'] * 1e3:.1f} ms (+{(cost['DDQN'] - cost['DQN']) * 1e3:.1f}); "
+        f"one no-grad batch-32 forward {cost['forward'] * 1e3:.1f} ms"
+    )
+    print(
+        f"one extra forward per {args.train_freq} steps alone gives "
+        f"{cycle * 1e3:.0f} / ({cycle * 1e3:.0f} + {cost['forward'] * 1e3:.1f}) ms = "
+        f"{cycle / (cycle + cost['forward']):.3f}"
     )
     return 0
 
