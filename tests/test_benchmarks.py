@@ -1,0 +1,67 @@
+"""The benchmark scripts run end to end on tiny settings and print their ratios.
+
+These check that the scripts work (their numbers go into the README), not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_bench(name: str, *args: str) -> str:
+    """Run ``benchmarks/<name>.py`` with ``args`` in a fresh interpreter; return its stdout."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def number_after(label: str, text: str) -> float:
+    match = re.search(re.escape(label) + r"\s*([0-9.]+)", text)
+    assert match is not None, f"{label!r} not in:\n{text}"
+    return float(match.group(1))
+
+
+def test_bench_train_prints_ratio_and_forward_cost() -> None:
+    out = run_bench(
+        "bench_train", "--rounds", "1", "--steps", "40", "--learning-starts", "100",
+        "--buffer-size", "400", "--update-reps", "2",
+    )  # fmt: skip
+    ratio = number_after("ratio DoubleDQN/DQN =", out)
+    assert 0.0 < ratio < 10.0
+    forward = number_after("one no-grad batch-32 forward", out)
+    assert forward > 0.0
+    assert re.search(r"alone gives .* = [0-9.]+", out)
+
+
+def test_bench_eval_prints_speedups() -> None:
+    out = run_bench(
+        "bench_eval", "--rounds", "1", "--max-steps", "15", "--n-envs", "2",
+        "--batched-games", "2", "--wrapper-games", "1", "--workers", "1",
+    )  # fmt: skip
+    assert number_after("batched / wrapper under fgsm:", out) > 0.0
+    for mode in ("batched fgsm", "wrapper fgsm", "batched clean", "wrapper clean"):
+        assert re.search(rf"^{mode}\s+[0-9]+", out, re.MULTILINE), out
+
+
+@pytest.mark.parametrize("defenses", ["sap-100", "dropout-0.1"])
+def test_bench_eot_prints_speedup(defenses: str) -> None:
+    out = run_bench(
+        "bench_eot", "--defenses", defenses, "--batch", "2", "--samples", "2",
+        "--rounds", "1", "--repeats", "1",
+    )  # fmt: skip
+    row = re.search(rf"^{re.escape(defenses)}\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)x$", out, re.M)
+    assert row is not None, out
+    assert all(float(value) > 0.0 for value in row.groups())
