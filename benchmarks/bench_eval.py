@@ -14,6 +14,11 @@ Four ways of playing the same capped games of a real ALE game, measured side by 
   :func:`~sap_rl.rl.evaluate.play_cells` in N worker processes, each cell batched as above.
   Starting the workers (spawned processes that import torch) is inside the timed region.
 
+After the rounds it times the network work alone, interleaved: one ``ObservationAttack.act`` (attack
+plus the agent's action) on random frames at batch ``n_envs`` and at batch 1, per agent step. The
+wrapper's whole step divided by the batched network work per agent step is the most that batching
+in one process could give if the emulators cost nothing.
+
 Every round runs the four in a rotated order, so that load from other processes hits all alike;
 the figures are medians over rounds, and each ratio is the median of the per-round ratios.
 Env construction is inside the timed region for both loops. Agent steps per second count the
@@ -142,6 +147,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.0f}" for n in names),
               file=sys.stderr, flush=True)  # fmt: skip
 
+    def act_ms(batch: int, reps: int) -> Callable[[], float]:
+        attack = ObservationAttack(model, args.attack, args.eps)
+        frames = torch.randint(0, 256, (batch, 4, 84, 84)).float()
+
+        def run() -> float:
+            start = time.perf_counter()
+            for _ in range(reps):
+                attack.act(frames)
+            return 1e3 * (time.perf_counter() - start) / (reps * batch)
+
+        return run
+
+    compute = {args.n_envs: act_ms(args.n_envs, 5), 1: act_ms(1, 5 * args.n_envs)}
+    per_step: dict[int, list[float]] = {batch: [] for batch in compute}
+    for r in range(args.rounds + 1):
+        for batch, job in compute.items() if r % 2 else reversed(compute.items()):
+            ms = job()
+            if r > 0:  # round 0 warms up
+                per_step[batch].append(ms)
+
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
 
@@ -165,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{ratio('batched clean', f'batched {attack}'):.2f}x")  # fmt: skip
     print(f"attack overhead, wrapper: clean / {attack} = "
           f"{ratio('wrapper clean', f'wrapper {attack}'):.2f}x")  # fmt: skip
+    batched_ms = statistics.median(per_step[args.n_envs])
+    single_ms = statistics.median(per_step[1])
+    wrapper_ms = 1e3 / statistics.median(rates[f"wrapper {attack}"])
+    print(f"network work per agent step ({attack} + action): batch {args.n_envs} {batched_ms:.2f}"
+          f" ms, batch 1 {single_ms:.2f} ms ({single_ms / batched_ms:.2f}x)")  # fmt: skip
+    print(f"one process, emulators free: wrapper step {wrapper_ms:.2f} ms / {batched_ms:.2f} ms "
+          f"= at most {wrapper_ms / batched_ms:.2f}x")  # fmt: skip
     return 0
 
 
