@@ -1,6 +1,6 @@
 """Perturbed-play throughput: the batched evaluator vs a one-env-at-a-time wrapper loop.
 
-Four ways of playing the same capped games of a real ALE game, measured side by side:
+Ways of playing the same capped games of a real ALE game, measured side by side:
 
 - ``batched fgsm``: the evaluator's path (:func:`sap_rl.rl.evaluate.play_matched_games` with
   :func:`~sap_rl.rl.evaluate.agent_policy`): all ``n_envs`` games attacked in one
@@ -9,6 +9,8 @@ Four ways of playing the same capped games of a real ALE game, measured side by 
   time wrapped in :class:`~sap_rl.rl.perturb.PerturbObservation`, one game after the other;
 - ``batched clean`` and ``wrapper clean``: the same loops at eps = 0 (no attack), for the attack's
   overhead;
+- ``emulators only``: the batched loop's envs and games with random actions and no network, the
+  emulation and frame handling that every loop pays per agent step;
 - ``workers fgsm`` (with ``--workers N`` > 1): what ``sap-rl evaluate --workers N`` does, N FGSM
   cells (eps, 2 eps, ...; games of the same length, all capped) played at the same time by
   :func:`~sap_rl.rl.evaluate.play_cells` in N worker processes, each cell batched as above.
@@ -17,9 +19,10 @@ Four ways of playing the same capped games of a real ALE game, measured side by 
 After the rounds it times the network work alone, interleaved: one ``ObservationAttack.act`` (attack
 plus the agent's action) on random frames at batch ``n_envs`` and at batch 1, per agent step. The
 wrapper's whole step divided by the batched network work per agent step is the most that batching
-in one process could give if the emulators cost nothing.
+in one process could give if the emulators cost nothing; with the ``emulators only`` time added to
+the batched network work, the most it can give with them (both are serial in one process).
 
-Every round runs the four in a rotated order, so that load from other processes hits all alike;
+Every round runs the modes in a rotated order, so that load from other processes hits all alike;
 the figures are medians over rounds, and each ratio is the median of the per-round ratios.
 Env construction is inside the timed region for both loops. Agent steps per second count the
 agent's decisions (4 emulator frames each) over all games. The Q-network is the agent's (with
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         play_cells,
         play_matched_games,
         play_wrapped,
+        random_game_policy,
         set_threads,
     )
     from sap_rl.rl.perturb import ObservationAttack
@@ -109,6 +113,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
+    def emulators() -> int:
+        envs = [make_env(args.game, training=False, preprocessing=preprocessing)
+                for _ in range(args.n_envs)]  # fmt: skip
+        policy = random_game_policy(n_actions(args.game), seed=0)
+        games = play_matched_games(envs, policy, args.batched_games, seed=0)
+        for env in envs:
+            env.close()
+        return sum(g.length for g in games)
+
     def wrapper(eps: float) -> Callable[[], int]:
         def run() -> int:
             games = play_wrapped(args.game, model, args.wrapper_games, attack=args.attack,
@@ -133,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         f"wrapper {args.attack}": wrapper(args.eps),
         "batched clean": batched(0.0),
         "wrapper clean": wrapper(0.0),
+        "emulators only": emulators,
     }
     if args.workers > 1:
         modes[f"workers {args.attack}"] = workers
@@ -195,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     wrapper_ms = 1e3 / statistics.median(rates[f"wrapper {attack}"])
     print(f"network work per agent step ({attack} + action): batch {args.n_envs} {batched_ms:.2f}"
           f" ms, batch 1 {single_ms:.2f} ms ({single_ms / batched_ms:.2f}x)")  # fmt: skip
+    emulator_ms = 1e3 / statistics.median(rates["emulators only"])
     print(f"one process, emulators free: wrapper step {wrapper_ms:.2f} ms / {batched_ms:.2f} ms "
           f"= at most {wrapper_ms / batched_ms:.2f}x")  # fmt: skip
+    print(f"one process with its emulators ({emulator_ms:.2f} ms per agent step, random play): "
+          f"{wrapper_ms:.2f} / ({emulator_ms:.2f} + {batched_ms:.2f}) ms "
+          f"= at most {wrapper_ms / (emulator_ms + batched_ms):.2f}x")  # fmt: skip
     return 0
 
 
