@@ -47,6 +47,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -69,7 +70,7 @@ from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_write_json, read_json
 from sap_rl.report import SummaryRow, plot_metric, summarize, write_csv, write_summary
-from sap_rl.rl.agent import CARD_FILE, AgentCard, QNetwork, load_agent
+from sap_rl.rl.agent import CARD_FILE, AgentCard, QNetwork, load_agent, read_card
 from sap_rl.rl.envs import AtariPreprocessing, make_env, obs_to_tensor
 from sap_rl.rl.games import Game, resolve_game
 from sap_rl.rl.perturb import PERTURB_MODES, ObservationAttack, PerturbObservation, check_eps
@@ -81,6 +82,7 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "GameRecord",
+    "default_agent",
     "evaluate",
     "find_agents",
     "plan_cells",
@@ -113,7 +115,8 @@ class EvalConfig:
     """What :func:`evaluate` plays (loadable from YAML, e.g. ``configs/eval/default.yaml``).
 
     Attributes:
-        agent: agent folder or name under ``agents/``; ``None``: the first shipped agent.
+        agent: agent folder or name under ``agents/``; ``None``: the shipped agent with the best
+            human-normalized clean score (:func:`default_agent`).
         game: if set, the game the agent must have been trained on (a check).
         defenses: defense names (:func:`sap_rl.defenses.parse_defense`).
         attacks: attack names (:func:`sap_rl.attacks.parse_attack`).
@@ -274,8 +277,32 @@ def find_agents() -> list[Path]:
     return found
 
 
+def default_agent(shipped: Sequence[Path]) -> Path:
+    """The agent ``sap-rl evaluate`` plays when none is named: the best of ``shipped``.
+
+    Best is the highest human-normalized clean score on the agent's card (the standard Atari
+    reference scores); cards without one rank last, and ties go to the first in ``shipped``.
+    The strongest agent shows an attack's effect most plainly.
+
+    Example:
+        >>> default_agent(find_agents()) in find_agents()
+        True
+    """
+    if not shipped:
+        raise ValueError("no agents to choose from")
+
+    def rank(folder: Path) -> float:
+        try:
+            normalized = read_card(folder).with_reference_scores().human_normalized
+        except UserError:
+            return -math.inf
+        return -math.inf if normalized is None else normalized
+
+    return max(shipped, key=rank)
+
+
 def resolve_agent(agent: str | os.PathLike[str] | None) -> Path:
-    """The agent folder for a path, a name under ``agents/``, or ``None`` (first shipped agent).
+    """The agent folder for a path, a name under ``agents/``, or ``None`` (:func:`default_agent`).
 
     A training run folder (``runs/pong-ddqn-0``) resolves to the agent it exported (``agent/``).
 
@@ -295,7 +322,7 @@ def resolve_agent(agent: str | os.PathLike[str] | None) -> Path:
                 f"no agent is installed in agents/ and no --agent was given; train one with: "
                 f"{TRAIN_HINT}"
             )
-        return shipped[0]
+        return default_agent(shipped)
     path = Path(agent)
     candidates = [path]
     if not path.exists() and path.name == str(agent):

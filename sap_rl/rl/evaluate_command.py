@@ -19,7 +19,7 @@ from sap_rl.errors import UserError
 
 _EXAMPLES = """\
 examples:
-  sap-rl evaluate                                   # first shipped agent, default grid
+  sap-rl evaluate                                   # best shipped agent, default grid
   sap-rl evaluate --agent pong-ddqn --eps 0,1,2,4,8 --defense dense,sap-100 --attack fgsm
   sap-rl evaluate --agent agents/pong-ddqn --attack fgsm-eot,pgd-10-eot --episodes 30
   sap-rl evaluate --config configs/eval/full.yaml --out runs/pong-full
@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--agent", help="agent folder or name under agents/ (default: first shipped agent)")
+    add("--agent", help="agent folder or name under agents/ (default: the shipped agent with the "
+        "best human-normalized clean score)")  # fmt: skip
     add("--game", help="check that the agent was trained on this game")
     add("--config", metavar="FILE", help="YAML config (configs/eval/*.yaml); flags override it")
     add("--defense", metavar="LIST", help="comma-separated: dense, sap-<k>[-fast], dropout-<p>, "

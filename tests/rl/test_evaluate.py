@@ -21,6 +21,7 @@ from sap_rl.rl.evaluate import (
     Cell,
     EvalConfig,
     agent_policy,
+    default_agent,
     evaluate,
     plan_cells,
     play_matched_games,
@@ -282,6 +283,23 @@ def test_bad_agents_fail_before_anything_is_written(
         with pytest.raises(UserError, match=message):
             evaluate(cfg, out)
         assert not out.exists()
+
+
+def test_default_agent_is_the_best_shipped_one(tmp_path: Path, net: QNetwork) -> None:
+    def agent(name: str, mean: float) -> Path:
+        card = AgentCard(name=name, game=GAME, env_id=f"ALE/{GAME}-v5",
+                         clean_score=Score(mean, 0.0, 10))  # fmt: skip
+        save_agent(tmp_path / name, net, card)
+        return tmp_path / name
+
+    weak, strong = agent("a-weak", 300.0), agent("b-strong", 700.0)  # Assault: random 222.4
+    broken = tmp_path / "c-broken"
+    broken.mkdir()
+    (broken / "card.json").write_text("{not json")
+    assert default_agent([weak, strong, broken]) == strong
+    assert default_agent([broken, weak]) == weak
+    assert default_agent([broken]) == broken  # nothing ranks: the first; loading then says why
+    assert default_agent([strong, agent("d-tie", 700.0)]) == strong
 
 
 def test_agent_resolution(tmp_path: Path, agent_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
