@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from sap_rl.rl.evaluate import (
         Cell,
         EvalConfig,
+        GamePolicy,
         agent_policy,
         play_cells,
         play_matched_games,
@@ -101,26 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     model = apply_defense(net, args.defense).eval()
     preprocessing = AtariPreprocessing(max_episode_frames=4 * args.max_steps)
 
-    def batched(eps: float) -> Callable[[], int]:
-        def run() -> int:
-            envs = [make_env(args.game, training=False, preprocessing=preprocessing)
-                    for _ in range(args.n_envs)]  # fmt: skip
-            attack = ObservationAttack(model, args.attack, eps)
-            games = play_matched_games(envs, agent_policy(attack), args.batched_games, seed=0)
-            for env in envs:
-                env.close()
-            return sum(g.length for g in games)
-
-        return run
-
-    def emulators() -> int:
+    def play_batched(policy: GamePolicy) -> int:
+        """The batched loop: fresh envs, ``--batched-games`` games; returns the agent steps."""
         envs = [make_env(args.game, training=False, preprocessing=preprocessing)
                 for _ in range(args.n_envs)]  # fmt: skip
-        policy = random_game_policy(n_actions(args.game), seed=0)
         games = play_matched_games(envs, policy, args.batched_games, seed=0)
         for env in envs:
             env.close()
         return sum(g.length for g in games)
+
+    def batched(eps: float) -> Callable[[], int]:
+        return lambda: play_batched(agent_policy(ObservationAttack(model, args.attack, eps)))
+
+    def emulators() -> int:
+        return play_batched(random_game_policy(n_actions(args.game), seed=0))
 
     def wrapper(eps: float) -> Callable[[], int]:
         def run() -> int:

@@ -52,7 +52,8 @@ def test_bench_eval_prints_speedups() -> None:
         "--batched-games", "2", "--wrapper-games", "1", "--workers", "1",
     )  # fmt: skip
     assert number_after("batched / wrapper under fgsm:", out) > 0.0
-    for mode in ("batched fgsm", "wrapper fgsm", "batched clean", "wrapper clean"):
+    for mode in ("batched fgsm", "wrapper fgsm", "batched clean", "wrapper clean",
+                 "emulators only"):  # fmt: skip
         assert re.search(rf"^{mode}\s+[0-9]+", out, re.MULTILINE), out
 
 
