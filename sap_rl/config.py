@@ -98,6 +98,12 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory; pass a YAML file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file; save the config as UTF-8 YAML") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if data is None:

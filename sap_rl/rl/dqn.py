@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +264,7 @@ class _FrameStackStorage:
                 self.rewards[:n] = data["rewards"]
                 self.dones[:n] = data["dones"]
                 self.timeouts[:n] = data["timeouts"]
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             if isinstance(err, UserError):
                 raise
             raise UserError(f"{path}: unreadable replay buffer ({err})") from None

@@ -10,11 +10,9 @@ Output folder (``--out``, default ``runs/<game>-ddqn-<seed>``)::
     config.yaml          resolved TrainConfig (+ game), written before training starts
     progress.csv         SB3 logger output (rollout/, train/, eval/ keys; appended on resume)
     eval.csv             periodic evaluation: timesteps, wall_time_s, mean, std, episodes, ...
-    checkpoint/          latest checkpoint for --resume (our own files, not shipped):
-        model.zip        SB3 save (optimizer state included)
-        replay.npz       replay buffer (plain numpy, no pickle)
-        state.json       timesteps, wall time, evaluation rows
-    agent/               model.safetensors + card.json (DESIGN.md "Agent folder")
+    checkpoint/          latest checkpoint for --resume (sap_rl.rl.checkpoint; never pickle):
+        policy.safetensors, optimizer.safetensors, replay.npz, state.json
+    agent/               model.safetensors + card.json (docs/training.md, "What you get")
 
 Example:
     >>> from sap_rl.rl.train_config import TrainConfig
@@ -27,8 +25,8 @@ Example:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
+import json
 import logging
 import os
 import platform
@@ -50,8 +48,15 @@ from stable_baselines3.common.utils import set_random_seed
 from sap_rl.config import from_dict, load_yaml, to_dict
 from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
-from sap_rl.io import atomic_path, atomic_write_json, atomic_write_text, read_json
+from sap_rl.io import atomic_write_text
 from sap_rl.rl.agent import AgentCard, Score, q_network_from_sb3, save_agent, utc_now
+from sap_rl.rl.checkpoint import (
+    CHECKPOINT_DIR,
+    RunState,
+    load_checkpoint_state,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from sap_rl.rl.dqn import DoubleDQN, FrameStackNStepReplayBuffer, FrameStackReplayBuffer
 from sap_rl.rl.envs import (
     greedy_policy,
@@ -66,7 +71,6 @@ from sap_rl.rl.train_config import TrainConfig
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoint"
 AGENT_DIR = "agent"
 EVAL_COLUMNS = ["timesteps", "wall_time_s", "mean", "std", "min", "max", "episodes", "mean_length"]
 
@@ -113,15 +117,6 @@ class _AppendingCSV(CSVOutputFormat):
             super().__init__(filename)
 
 
-@dataclass
-class _RunState:
-    """Bookkeeping saved with each checkpoint (``state.json``)."""
-
-    timesteps: int = 0
-    wall_time_s: float = 0.0
-    evaluations: list[dict[str, float]] = dataclasses.field(default_factory=list)
-
-
 class _Progress(BaseCallback):
     """A tqdm progress bar over environment steps with the latest evaluation score.
 
@@ -165,7 +160,7 @@ class _EvalAndCheckpoint(BaseCallback):
         game: Game,
         cfg: TrainConfig,
         out: Path,
-        state: _RunState,
+        state: RunState,
         clock_start: float,
         progress: _Progress,
     ) -> None:
@@ -260,46 +255,6 @@ def _write_eval_csv(out: Path, rows: list[dict[str, float]]) -> None:
             {k: (int(v) if k in ("timesteps", "episodes") else v) for k, v in row.items()}
         )
     atomic_write_text(out / "eval.csv", buffer.getvalue())
-
-
-def save_checkpoint(model: DQN, out: Path, state: _RunState, wall_time_s: float) -> None:
-    """Write ``checkpoint/`` (model zip, replay buffer, state) so that ``--resume`` can continue."""
-    folder = out / CHECKPOINT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with atomic_path(folder / "model.zip") as tmp, open(tmp, "wb") as handle:
-        model.save(handle)
-    buffer = model.replay_buffer
-    if isinstance(buffer, (FrameStackReplayBuffer, FrameStackNStepReplayBuffer)):
-        buffer.save_npz(folder / "replay.npz")
-    state.timesteps = int(model.num_timesteps)
-    state.wall_time_s = wall_time_s
-    # state.json last: a checkpoint counts only once all of its files are complete.
-    atomic_write_json(folder / "state.json", dataclasses.asdict(state))
-    logger.info(
-        "checkpoint at %d steps (%.1fs) in %s",
-        model.num_timesteps,
-        time.perf_counter() - started,
-        folder,
-    )
-
-
-def load_checkpoint_state(out: Path) -> _RunState | None:
-    """The saved :class:`_RunState` of ``out`` or ``None`` if it has no complete checkpoint."""
-    path = out / CHECKPOINT_DIR / "state.json"
-    if not path.is_file():
-        return None
-    data = read_json(path)
-    try:
-        return _RunState(
-            timesteps=int(data["timesteps"]),
-            wall_time_s=float(data["wall_time_s"]),
-            evaluations=[dict(row) for row in data.get("evaluations", [])],
-        )
-    except (KeyError, TypeError, ValueError):
-        raise UserError(
-            f"{path}: corrupted checkpoint state; delete {out / CHECKPOINT_DIR}"
-        ) from None
 
 
 def evaluate_q_net(
@@ -406,15 +361,18 @@ def train(
         )
     if resume and state is None:
         raise UserError(f"--resume: no checkpoint in {out_dir / CHECKPOINT_DIR}")
-    state = state or _RunState()
-    if state.timesteps >= cfg.timesteps:
+    state = state or RunState()
+    # Learning is over once the checkpoint reaches --timesteps; a run interrupted during its final
+    # evaluation has no agent for that checkpoint yet, and resuming it only finishes that part.
+    learned = state.timesteps >= cfg.timesteps
+    if learned and _agent_timesteps(out_dir) == state.timesteps:
         raise UserError(
             f"{out_dir}: the checkpoint is at {state.timesteps} steps, already >= --timesteps "
             f"{cfg.timesteps}; raise --timesteps to train further"
         )
+    device = str(resolve_device(cfg.device))  # validate before writing anything
     out_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(out_dir, resolved.name, cfg)
-    device = str(resolve_device(cfg.device))
 
     # 2. Seed everything; limit CPU threads if asked (shared machines).
     if cfg.torch_threads > 0:
@@ -431,19 +389,16 @@ def train(
         vec_env=cfg.vec_env,
     )
 
-    # 4. The model: new, or restored from the checkpoint with its replay buffer.
+    # 4. The model, built from the config; on resume the checkpoint's weights, optimizer state,
+    #    counters and replay buffer are loaded into it (no pickle: sap_rl.rl.checkpoint).
+    model = _build_model(resolved, cfg, env, device)
     if state.timesteps > 0:
-        cls = DoubleDQN if cfg.algorithm == "DDQN" else DQN
-        model = cls.load(out_dir / CHECKPOINT_DIR / "model.zip", env=env, device=device)
-        replay = out_dir / CHECKPOINT_DIR / "replay.npz"
-        if isinstance(model.replay_buffer, (FrameStackReplayBuffer, FrameStackNStepReplayBuffer)):
-            if replay.is_file():
-                model.replay_buffer.load_npz(replay)
-            else:
-                logger.warning("%s missing: resuming with an empty replay buffer", replay)
+        try:
+            restore_checkpoint(model, out_dir, state)
+        except BaseException:
+            env.close()
+            raise
         logger.info("resuming %s from %d steps", out_dir, state.timesteps)
-    else:
-        model = _build_model(resolved, cfg, env, device)
     model.set_logger(
         Logger(folder=str(out_dir), output_formats=[_AppendingCSV(str(out_dir / "progress.csv"))])
     )
@@ -457,12 +412,13 @@ def train(
     limit = _TimeLimit(time_limit_s, clock)
     previous_handler = _interrupt_on_sigterm()
     try:
-        model.learn(
-            total_timesteps=cfg.timesteps - state.timesteps,
-            callback=CallbackList([progress, periodic, limit]),
-            reset_num_timesteps=state.timesteps == 0,
-            log_interval=10,
-        )
+        if not learned:
+            model.learn(
+                total_timesteps=cfg.timesteps - state.timesteps,
+                callback=CallbackList([progress, periodic, limit]),
+                reset_num_timesteps=state.timesteps == 0,
+                log_interval=10,
+            )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the work done so far
         logger.warning("interrupted at %d steps; saving a checkpoint", model.num_timesteps)
         if previous_handler is not None:  # a second SIGTERM must not cut the checkpoint short
@@ -473,9 +429,10 @@ def train(
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         env.close()
-    model.logger.record("time/total_timesteps", model.num_timesteps)
-    model.logger.dump(step=model.num_timesteps)  # flush the last evaluation into progress.csv
-    save_checkpoint(model, out_dir, state, periodic.wall_time())
+    if not learned:
+        model.logger.record("time/total_timesteps", model.num_timesteps)
+        model.logger.dump(step=model.num_timesteps)  # flush the last evaluation into progress.csv
+        save_checkpoint(model, out_dir, state, periodic.wall_time())
     wall_time = periodic.wall_time()
 
     # 6. Final evaluation of the last network and of a random policy on the same seeded games.
@@ -525,6 +482,15 @@ def train(
     return TrainResult(
         out=out_dir, agent_dir=agent_dir, card=card, timesteps=card.timesteps, wall_time_s=wall_time
     )
+
+
+def _agent_timesteps(out: Path) -> int | None:
+    """Steps recorded in ``out/agent/card.json``, or ``None`` if there is no readable card."""
+    try:
+        card = json.loads((out / AGENT_DIR / "card.json").read_text(encoding="utf-8"))
+        return int(card["timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def save_run_config(out: Path, game: str, cfg: TrainConfig) -> None:

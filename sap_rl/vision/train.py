@@ -11,9 +11,9 @@ The run, top to bottom (:func:`train`):
    test accuracy, append a row to ``history.csv`` and save a checkpoint;
 5. save ``model.safetensors`` + ``card.json`` (:func:`sap_rl.vision.models.save_model`).
 
-Checkpoints (``checkpoints/epoch-NNNN.safetensors`` for the weights, ``epoch-NNNN.optim.pt`` for the
-optimizer state, ``state.json`` pointing at them, written last) are our own files; the optimizer
-state is read back with ``torch.load(..., weights_only=True)``, which cannot run code.
+Checkpoints (``checkpoints/epoch-NNNN.safetensors`` for the weights,
+``epoch-NNNN.optim.safetensors`` for the optimizer state, ``state.json`` pointing at them, written
+last) are safetensors and JSON only: a tampered checkpoint can fail to load, never run code.
 
 Example:
     >>> import tempfile
@@ -45,7 +45,14 @@ from sap_rl import __version__
 from sap_rl.config import from_dict, load_yaml, save_config, to_dict
 from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
-from sap_rl.io import atomic_path, atomic_write_json, load_tensors, read_json, save_tensors
+from sap_rl.io import (
+    atomic_write_json,
+    load_optimizer,
+    load_tensors,
+    read_json,
+    save_optimizer,
+    save_tensors,
+)
 from sap_rl.vision.adversarial import kurakin_loss, paper_batch
 from sap_rl.vision.data import ImageDataset, augment, iterate_batches, load_dataset
 from sap_rl.vision.models import ModelCard, build_model, save_model
@@ -316,10 +323,9 @@ def _save_checkpoint(
 ) -> None:
     folder = out / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    weights, optim = f"epoch-{epoch:04d}.safetensors", f"epoch-{epoch:04d}.optim.pt"
+    weights, optim = f"epoch-{epoch:04d}.safetensors", f"epoch-{epoch:04d}.optim.safetensors"
     save_tensors(folder / weights, model.state_dict())
-    with atomic_path(folder / optim) as tmp:
-        torch.save(optimizer.state_dict(), tmp)
+    save_optimizer(folder / optim, optimizer)
     atomic_write_json(
         folder / STATE_FILE,
         {
@@ -344,9 +350,7 @@ def _load_checkpoint(
     folder = out / CHECKPOINT_DIR
     try:
         model.load_state_dict(load_tensors(folder / str(state["weights"])))
-        optim_state = torch.load(folder / str(state["optimizer"]), map_location=device,
-                                 weights_only=True)  # fmt: skip
-        optimizer.load_state_dict(optim_state)
+        load_optimizer(folder / str(state["optimizer"]), optimizer)
     except (KeyError, RuntimeError, OSError, ValueError) as err:
         raise UserError(
             f"{folder}: cannot resume ({type(err).__name__}: {err}); delete it to start over"

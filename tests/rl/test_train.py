@@ -13,6 +13,7 @@ import yaml
 
 from sap_rl.errors import UserError
 from sap_rl.rl.agent import load_agent
+from sap_rl.rl.checkpoint import load_checkpoint_state, restore_checkpoint
 from sap_rl.rl.dqn import DoubleDQN
 from sap_rl.rl.envs import make_vec_env, obs_to_tensor
 from sap_rl.rl.train import load_run_config, train
@@ -22,10 +23,11 @@ TINY_STEPS = 300  # as in conftest.TINY_CONFIG
 
 
 def test_run_folder_contents(trained_run: Path) -> None:
-    for name in ("config.yaml", "progress.csv", "eval.csv", "checkpoint/model.zip",
-                 "checkpoint/replay.npz", "checkpoint/state.json", "agent/model.safetensors",
-                 "agent/card.json"):  # fmt: skip
+    for name in ("config.yaml", "progress.csv", "eval.csv", "checkpoint/policy.safetensors",
+                 "checkpoint/optimizer.safetensors", "checkpoint/replay.npz",
+                 "checkpoint/state.json", "agent/model.safetensors", "agent/card.json"):  # fmt: skip
         assert (trained_run / name).is_file(), name
+    assert not (trained_run / "checkpoint" / "model.zip").exists()  # SB3's pickle: never written
     game, cfg = load_run_config(trained_run)
     assert game == "Breakout"
     assert cfg.timesteps == TINY_STEPS
@@ -52,7 +54,10 @@ def test_card_has_clean_and_random_scores(trained_run: Path) -> None:
 
 def test_save_load_gives_identical_q_values(trained_run: Path) -> None:
     net, card = load_agent(trained_run / "agent", game="breakout")
-    sb3 = DoubleDQN.load(trained_run / "checkpoint" / "model.zip", device="cpu")
+    _, cfg = load_run_config(trained_run)
+    sb3 = DoubleDQN("CnnPolicy", make_vec_env("Breakout", 1, seed=0, training=True), device="cpu",
+                    buffer_size=10, learning_starts=0)  # fmt: skip
+    restore_checkpoint(sb3, trained_run, load_checkpoint_state(trained_run))
     assert sb3.num_timesteps == card.timesteps
     venv = make_vec_env("Breakout", 4, seed=3, training=False)
     obs = venv.reset()
@@ -79,8 +84,7 @@ def test_resume_continues_the_step_count(run_copy: Path) -> None:
     steps = [int(r["time/total_timesteps"]) for r in rows if r["time/total_timesteps"]]
     assert max(steps) > TINY_STEPS  # the SB3 log continued past the checkpoint, same file
     assert min(steps) < TINY_STEPS
-    model = DoubleDQN.load(run_copy / "checkpoint" / "model.zip", device="cpu")
-    assert model.num_timesteps == TINY_STEPS + 100
+    assert state["model"]["num_timesteps"] == TINY_STEPS + 100
 
 
 def test_existing_checkpoint_needs_resume(trained_run: Path) -> None:
@@ -137,3 +141,29 @@ def test_time_limit_stops_learning_and_finishes_the_run(
     assert state["timesteps"] == result.timesteps
     net, _ = load_agent(result.agent_dir)
     assert isinstance(net, torch.nn.Module)
+
+
+def test_interrupt_in_the_final_evaluation_resumes_to_the_agent(
+    tmp_path: Path, tiny_config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sap_rl.rl import train as train_module
+
+    cfg = resolve_train_config(yaml.safe_load(tiny_config_file.read_text()), game="Breakout")
+    cfg.timesteps, cfg.eval.freq = 120, 0
+    original = train_module.random_score
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "random_score", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train("Breakout", cfg, out=tmp_path / "run")
+    assert json.loads((tmp_path / "run/checkpoint/state.json").read_text())["timesteps"] == 120
+    assert not (tmp_path / "run" / "agent").exists()
+
+    monkeypatch.setattr(train_module, "random_score", original)
+    result = train("Breakout", cfg, out=tmp_path / "run", resume=True)
+    assert result.card.timesteps == 120
+    assert (result.agent_dir / "model.safetensors").is_file()
+    with pytest.raises(UserError, match="raise --timesteps"):
+        train("Breakout", cfg, out=tmp_path / "run", resume=True)
