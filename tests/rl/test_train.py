@@ -23,9 +23,10 @@ TINY_STEPS = 300  # as in conftest.TINY_CONFIG
 
 
 def test_run_folder_contents(trained_run: Path) -> None:
-    for name in ("config.yaml", "progress.csv", "eval.csv", "checkpoint/policy.safetensors",
-                 "checkpoint/optimizer.safetensors", "checkpoint/replay.npz",
-                 "checkpoint/state.json", "agent/model.safetensors", "agent/card.json"):  # fmt: skip
+    checkpoint = [f"checkpoint/{name}" for name in ("policy.safetensors", "optimizer.safetensors",
+                                                    "replay.npz", "state.json")]  # fmt: skip
+    for name in ("config.yaml", "progress.csv", "eval.csv", *checkpoint,
+                 "agent/model.safetensors", "agent/card.json"):  # fmt: skip
         assert (trained_run / name).is_file(), name
     assert not (trained_run / "checkpoint" / "model.zip").exists()  # SB3's pickle: never written
     game, cfg = load_run_config(trained_run)
@@ -54,7 +55,6 @@ def test_card_has_clean_and_random_scores(trained_run: Path) -> None:
 
 def test_save_load_gives_identical_q_values(trained_run: Path) -> None:
     net, card = load_agent(trained_run / "agent", game="breakout")
-    _, cfg = load_run_config(trained_run)
     sb3 = DoubleDQN("CnnPolicy", make_vec_env("Breakout", 1, seed=0, training=True), device="cpu",
                     buffer_size=10, learning_starts=0)  # fmt: skip
     restore_checkpoint(sb3, trained_run, load_checkpoint_state(trained_run))
