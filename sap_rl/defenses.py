@@ -49,6 +49,7 @@ __all__ = [
     "InputNoise",
     "apply_defense",
     "parse_defense",
+    "strip_defenses",
 ]
 
 DEFENSE_NAMES_HELP = (
@@ -130,8 +131,13 @@ class DefenseSpec:
         return self.kind != "dense" and self.value > 0
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Return a defended deep copy of ``model`` (the original is not modified)."""
-        defended = copy.deepcopy(model)
+        """Return a defended deep copy of ``model`` (the original is not modified).
+
+        The defense is built on the dense network: any SAP, dropout or input-noise layer that a
+        defense (or :func:`sap_rl.sap.apply_sap`) already put into ``model`` is removed from the
+        copy first, so defenses replace each other instead of stacking.
+        """
+        defended = strip_defenses(copy.deepcopy(model))
         if self.kind == "sap":
             return apply_sap(defended, self.value / 100.0, "fast" if self.fast else "exact")
         if self.kind == "dropout":
@@ -144,6 +150,34 @@ class DefenseSpec:
         if self.kind == "noise":
             return nn.Sequential(InputNoise(self.value), defended)
         return defended
+
+
+def strip_defenses(model: nn.Module) -> nn.Module:
+    """Remove every defense layer from ``model`` in place and return the dense network.
+
+    Each :class:`~sap_rl.sap.ActivationWrapper` (SAP or dropout after a ReLU) becomes its ReLU
+    again, and the input-noise wrapper that the ``noise-<sigma>`` defense puts in front of a model
+    is unwrapped (so the returned module may be a child of ``model``). Parameters are untouched.
+
+    Example:
+        >>> from sap_rl.sap import apply_sap, stochastic_modules
+        >>> net = apply_sap(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+        >>> stochastic_modules(strip_defenses(net)), type(net[1]).__name__
+        ([], 'ReLU')
+    """
+    # The noise defense wraps the model as Sequential(InputNoise, model); peel every such layer.
+    while isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], InputNoise):
+        model = model[1]
+    _unwrap_activations(model)
+    return model
+
+
+def _unwrap_activations(model: nn.Module) -> None:
+    for name, child in model.named_children():
+        if isinstance(child, ActivationWrapper):
+            setattr(model, name, child.activation)
+        else:
+            _unwrap_activations(child)
 
 
 def parse_defense(name: str) -> DefenseSpec:

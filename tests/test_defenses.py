@@ -6,9 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from sap_rl.defenses import AlwaysDropout, DefenseSpec, InputNoise, apply_defense, parse_defense
+from sap_rl.defenses import (
+    AlwaysDropout,
+    DefenseSpec,
+    InputNoise,
+    apply_defense,
+    parse_defense,
+    strip_defenses,
+)
 from sap_rl.errors import UserError
-from sap_rl.sap import SAP, deterministic, stochastic_modules
+from sap_rl.sap import SAP, apply_sap, deterministic, stochastic_modules
 
 
 def small_net() -> nn.Module:
@@ -85,3 +92,27 @@ def test_deterministic_switches_every_stochastic_defense_off() -> None:
         assert parse_defense(name).stochastic
     assert not parse_defense("dense").stochastic
     assert not parse_defense("noise-0").stochastic
+
+
+@pytest.mark.parametrize("first", ["sap-100", "sap-50-fast", "dropout-0.5", "noise-4"])
+@pytest.mark.parametrize("second", ["dense", "sap-50", "dropout-0.1", "noise-2"])
+def test_a_defense_on_a_defended_model_replaces_the_first(first: str, second: str) -> None:
+    """apply_defense builds on the dense network, whatever defense the model already carries."""
+    x = torch.rand(4, 1, 4, 4) * 255
+    dense_out = small_net()(x)
+    defended = apply_defense(apply_defense(small_net(), first), second)
+    expected = apply_defense(small_net(), second)
+    assert [type(m) for m in defended.modules()] == [type(m) for m in expected.modules()]
+    with deterministic(defended):
+        assert torch.equal(defended(x), dense_out)
+
+
+def test_apply_defense_after_apply_sap_in_place() -> None:
+    """The README's sequence: apply_sap on the model, then a dropout copy of the dense model."""
+    net = small_net()
+    apply_sap(net, ratio=1.0)
+    dropout_net = apply_defense(net, "dropout-0.1")
+    layers = stochastic_modules(dropout_net)
+    assert len(layers) == 2 and all(isinstance(m, AlwaysDropout) for m in layers)
+    assert all(isinstance(m, SAP) for m in stochastic_modules(net))  # the original keeps SAP
+    assert isinstance(strip_defenses(net)[2], nn.ReLU)

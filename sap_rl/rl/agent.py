@@ -307,7 +307,7 @@ def load_agent(
             unreadable weights, wrong game, or an action count that does not match the game.
 
     Example:
-        >>> net, card = load_agent("agents/pong-ddqn", game="Pong")  # doctest: +SKIP
+        >>> net, card = load_agent("agents/krull-ddqn", game="Krull")  # doctest: +SKIP
     """
     from sap_rl.rl.envs import n_actions as game_actions
     from sap_rl.rl.games import resolve_game

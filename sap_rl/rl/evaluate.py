@@ -366,7 +366,7 @@ def evaluate(
         The summary rows (as in ``summary.csv``) with the output folder and metadata.
 
     Example:
-        >>> cfg = EvalConfig(agent="agents/pong-ddqn", eps=[0, 1], episodes=2)  # doctest: +SKIP
+        >>> cfg = EvalConfig(agent="agents/roadrunner-ddqn", eps=[0, 1], episodes=2)  # doctest: +SKIP
         >>> result = evaluate(cfg, "runs/demo")  # doctest: +SKIP
         >>> [(r.defense, r.eps, r.relative) for r in result.rows]  # doctest: +SKIP
     """

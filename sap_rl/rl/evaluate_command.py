@@ -6,7 +6,7 @@ e.g. ``configs/eval/default.yaml``), then the flags given on the command line. T
 
 Example::
 
-    sap-rl evaluate --agent agents/pong-ddqn --eps 0,1,2,4,8 --defense dense,sap-100 --attack fgsm
+    sap-rl evaluate --agent agents/krull-ddqn --eps 0,1,2,4,8 --defense dense,sap-100 --attack fgsm
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from sap_rl.errors import UserError
 _EXAMPLES = """\
 examples:
   sap-rl evaluate                                   # best shipped agent, default grid
-  sap-rl evaluate --agent pong-ddqn --eps 0,1,2,4,8 --defense dense,sap-100 --attack fgsm
-  sap-rl evaluate --agent agents/pong-ddqn --attack fgsm-eot,pgd-10-eot --episodes 30
-  sap-rl evaluate --config configs/eval/full.yaml --out runs/pong-full
+  sap-rl evaluate --agent krull-ddqn --eps 0,1,2,4,8 --defense dense,sap-100 --attack fgsm
+  sap-rl evaluate --agent agents/kungfumaster-ddqn --attack fgsm-eot,pgd-10-eot --episodes 30
+  sap-rl evaluate --config configs/eval/full.yaml --out runs/roadrunner-full
   sap-rl evaluate --agent roadrunner-ddqn --config configs/eval/study.yaml --workers 2
 """
 
