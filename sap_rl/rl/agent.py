@@ -1,6 +1,6 @@
 """Agent folders: a plain Q-network, its card, and pickle-free save / load.
 
-An agent folder holds two files (DESIGN.md, "Agent folder"):
+An agent folder holds two files:
 
 - ``model.safetensors``: the Q-network weights (names of :class:`QNetwork`'s ``state_dict``);
 - ``card.json``: an :class:`AgentCard` (game, hyperparameters, wrappers, clean and random scores,
@@ -8,7 +8,8 @@ An agent folder holds two files (DESIGN.md, "Agent folder"):
 
 :func:`load_agent` never unpickles: weights come from safetensors, the card from JSON, and every
 problem (missing file, corrupted weights, checksum mismatch, wrong game, wrong action count) is a
-one-line :class:`~sap_rl.errors.UserError`.
+one-line :class:`~sap_rl.errors.UserError`. The folder's name is the agent's name: a shipped
+agent ``agents/<name>/`` has ``"name": "<name>"`` in its card.
 
 Example:
     >>> import tempfile
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 FORMAT = "sap-rl/qnetwork-nature-cnn/v1"
+
+#: Weight dtypes :func:`load_agent` accepts; half precision is upcast to float32 on load.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # SB3 ``QNetwork`` state-dict names -> :class:`QNetwork` names (one-to-one, same shapes).
 _SB3_TO_OURS = {
@@ -161,7 +165,7 @@ class Score:
 class AgentCard:
     """``card.json``: what the agent is, how it was trained and how well it plays.
 
-    The first twelve fields are DESIGN.md's card; the rest are optional additions.
+    The first twelve fields are the card every agent has; the rest are optional additions.
     """
 
     name: str
@@ -289,6 +293,55 @@ def read_card(path: str | os.PathLike[str]) -> AgentCard:
         raise UserError(f"{card_path}: {err}") from None
 
 
+def _check_weights_game(model_path: Path, card_game: str) -> None:
+    """The weights' own record of their game (safetensors metadata) must be the card's game."""
+    from safetensors import SafetensorError, safe_open
+
+    from sap_rl.rl.games import resolve_game
+
+    try:
+        with safe_open(str(model_path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{model_path}: not a valid safetensors file ({err})") from None
+    saved = metadata.get("game")
+    if not saved:
+        raise UserError(
+            f"{model_path}: no 'game' in the weights' metadata; re-save the agent with save_agent"
+        )
+    try:
+        saved_game = resolve_game(saved).name
+    except UserError:
+        saved_game = saved
+    if saved_game != card_game:
+        raise UserError(
+            f"{model_path}: the weights were saved for {saved_game} but card.json says "
+            f"{card_game}; the card or the weights were modified"
+        )
+
+
+def _checked_float32(model_path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` in float32; a dtype not in :data:`WEIGHT_DTYPES` or a NaN/inf is an error."""
+    checked: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if tensor.dtype not in WEIGHT_DTYPES:
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            raise UserError(
+                f"{model_path}: tensor {name!r} is {dtype}; agent weights must be float32, "
+                "float16 or bfloat16"
+            )
+        # Upcast first: the network computes in float32 whatever the storage precision.
+        tensor = tensor.to(torch.float32)
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise UserError(
+                f"{model_path}: tensor {name!r} has {bad} NaN or infinite values; "
+                "the weights are unusable"
+            )
+        checked[name] = tensor
+    return checked
+
+
 def load_agent(
     path: str | os.PathLike[str],
     *,
@@ -297,6 +350,14 @@ def load_agent(
 ) -> tuple[QNetwork, AgentCard]:
     """Load an agent folder into a :class:`QNetwork` (eval mode) and its :class:`AgentCard`.
 
+    Checks, each failure a one-line :class:`~sap_rl.errors.UserError`: the card parses; the
+    weights file's SHA-256 is the card's; the weights file's metadata names the card's game
+    (written by :func:`save_agent`, so an edited ``game`` in the card is caught); every tensor is
+    float32, float16 or bfloat16 (half precision is upcast to float32; integer, float64 and
+    other dtypes are refused, since a quantized network would need its scales) and finite (no
+    NaN or inf); the shapes are the Nature-CNN Q-network's; the action count is the card's and
+    the game's.
+
     Args:
         path: the agent folder (or its ``card.json`` / ``model.safetensors``).
         game: if given, the game the caller will play; a different game is an error.
@@ -304,7 +365,9 @@ def load_agent(
 
     Raises:
         UserError: missing files, invalid card, checksum mismatch (corrupted or modified weights),
-            unreadable weights, wrong game, or an action count that does not match the game.
+            unreadable weights, weights saved for another game than the card's, a tensor of
+            another dtype or with NaN/inf values, wrong game, or an action count that does not
+            match the game.
 
     Example:
         >>> net, card = load_agent("agents/krull-ddqn", game="Krull")  # doctest: +SKIP
@@ -331,6 +394,8 @@ def load_agent(
                 f"agent {card.name!r} was trained on {card_game.name}, not {wanted.name}"
             )
     state = load_tensors(model_path)
+    _check_weights_game(model_path, card_game.name)
+    state = _checked_float32(model_path, state)
     head = state.get("head.weight")
     if head is None or head.ndim != 2:
         raise UserError(f"{model_path}: not a sap-rl Q-network (no 2-D 'head.weight')")

@@ -143,11 +143,14 @@ def _train(args: argparse.Namespace) -> int:
 def _register_score(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "score",
-        help="re-score an agent on more whole games and update its card",
+        help="re-score an agent on more whole games (updates its card only with --write)",
         description=(
             "Play EPISODES whole games (greedy, unclipped rewards, the card's preprocessing and "
             "evaluation seeds) with the agent and with a seeded random policy on the same games, "
-            "then rewrite AGENT/card.json with both scores. The weights are not touched."
+            "print both scores and what would change in AGENT/card.json (clean mean, std and "
+            "games, random score, human-normalized score). The card is replaced only with "
+            "--write, atomically, and never by a score over fewer games than it has unless "
+            "--force is also given. The weights are not touched."
         ),
     )
     parser.add_argument("agent", help="agent folder (model.safetensors + card.json)")
@@ -157,13 +160,32 @@ def _register_score(subparsers: Any) -> None:
     parser.add_argument(
         "--n-envs", type=_positive_int, default=5, help="games played in parallel (default: 5)"
     )
+    parser.add_argument(
+        "--write", action="store_true", help="replace AGENT/card.json with the measured scores"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --write: replace the card even if its score is over more games than EPISODES",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_score)
 
 
 def _score(args: argparse.Namespace) -> int:
-    from sap_rl.rl.score import score_agent
+    from sap_rl.rl.score import card_changes, score_agent
 
-    card = score_agent(args.agent, episodes=args.episodes, n_envs=args.n_envs)
+    if args.force and not args.write:
+        raise UserError("--force only applies with --write")
+    result = score_agent(
+        args.agent,
+        episodes=args.episodes,
+        n_envs=args.n_envs,
+        write=args.write,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    card = result.after
     line = (
         f"{card.name} ({card.game}): {card.clean_score.mean:.2f} +- {card.clean_score.std:.2f} "
         f"over {card.clean_score.episodes} games; random policy {card.random_score:.2f}"
@@ -171,6 +193,16 @@ def _score(args: argparse.Namespace) -> int:
     if card.human_normalized is not None:
         line += f"; human-normalized {card.human_normalized:.2f}"
     print(line)
+    changes = card_changes(result.before, result.after)
+    if result.written:
+        print(f"wrote {result.card_path}:")
+    else:
+        print(f"{result.card_path} not written; with --write it would change:")
+    for change in changes:
+        print(f"  {change}")
+    had = result.before.clean_score.episodes
+    if not result.written and args.episodes < had:
+        print(f"(its score is over {had} games: --write needs --force to replace it)")
     return 0
 
 

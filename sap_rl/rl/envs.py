@@ -55,10 +55,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -440,12 +442,25 @@ class GameResult:
     truncated: bool
 
 
-def play_games(venv: VecEnv, policy: BatchPolicy, n_games: int) -> list[GameResult]:
+def play_games(
+    venv: VecEnv,
+    policy: BatchPolicy,
+    n_games: int,
+    *,
+    on_game: Callable[[GameResult], None] | None = None,
+) -> list[GameResult]:
     """Play exactly ``n_games`` whole games on ``venv`` and return them in a fixed order.
 
     Env ``i`` plays games ``i, i + n_envs, ...`` (a fixed quota per env, so short games are not
     over-represented, as in SB3's ``evaluate_policy``); results are ordered by (game slot, env).
     The env is reset first; with a seeded ``venv`` and policy the result is deterministic.
+
+    Args:
+        venv: a vector env of evaluation envs (``training=False``: an episode is a whole game).
+        policy: batched policy, observations -> actions.
+        n_games: whole games to play (>= 1).
+        on_game: called with each game as it finishes (in finishing order), e.g. the callback of
+            :func:`game_progress`.
 
     Example:
         >>> venv = make_vec_env("Pong", 2, seed=0, training=False)
@@ -466,18 +481,68 @@ def play_games(venv: VecEnv, policy: BatchPolicy, n_games: int) -> list[GameResu
         for i, info in enumerate(infos):
             episode = info.get("episode")
             if episode is not None and len(finished[i]) < quota[i]:
-                finished[i].append(
-                    GameResult(
-                        reward=float(episode["r"]),
-                        length=int(episode["l"]),
-                        env_index=i,
-                        truncated=bool(episode.get("truncated", False)),
-                    )
+                result = GameResult(
+                    reward=float(episode["r"]),
+                    length=int(episode["l"]),
+                    env_index=i,
+                    truncated=bool(episode.get("truncated", False)),
                 )
+                finished[i].append(result)
+                if on_game is not None:
+                    on_game(result)
     ordered: list[GameResult] = []
     for slot in range(max(quota)):
         ordered.extend(finished[i][slot] for i in range(n_envs) if slot < len(finished[i]))
     return ordered
+
+
+@contextlib.contextmanager
+def game_progress(
+    total: int, label: str, *, bar: bool = True
+) -> Iterator[Callable[[GameResult], None]]:
+    """A per-game progress report for :func:`play_games`' ``on_game``, as a context manager.
+
+    Whole games of a good agent last minutes, so a phase of 30 games is reported game by game:
+    with ``bar`` and stderr a terminal, a tqdm bar over games; otherwise one INFO log line per
+    finished game (shown with ``sap-rl --log-level INFO``), which suits log files.
+
+    Args:
+        total: games the phase will play.
+        label: what is being played, e.g. ``"krull-ddqn: agent"``.
+        bar: allow the progress bar (``False``: log lines only).
+
+    Example:
+        >>> venv = make_vec_env("Breakout", 1, seed=0, training=False)
+        >>> with game_progress(1, "random policy", bar=False) as on_game:
+        ...     games = play_games(venv, random_policy(4, seed=0), 1, on_game=on_game)
+        >>> len(games)
+        1
+        >>> venv.close()
+    """
+    if bar and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        # logging_redirect_tqdm: log lines go above the bar instead of breaking it
+        game_bar = tqdm(total=total, desc=label, unit="game", dynamic_ncols=True)
+        with game_bar, logging_redirect_tqdm():
+
+            def update(game: GameResult) -> None:
+                game_bar.update(1)
+                game_bar.set_postfix(last=f"{game.reward:g}")
+
+            yield update
+        return
+    count = 0
+
+    def log(game: GameResult) -> None:
+        nonlocal count
+        count += 1
+        capped = " (hit the length cap)" if game.truncated else ""
+        logger.info("%s: game %d/%d scored %g in %d steps%s",
+                    label, count, total, game.reward, game.length, capped)  # fmt: skip
+
+    yield log
 
 
 def summarize(games: Sequence[GameResult]) -> dict[str, float | int]:

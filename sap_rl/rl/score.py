@@ -2,13 +2,18 @@
 
 Training ends with ``eval.final_episodes`` games; a shipped agent's card needs more (the zoo uses
 30). :func:`score_agent` plays ``episodes`` whole games, greedy and unclipped, with the card's own
-preprocessing and evaluation seed, plays a seeded uniform random policy on the same games, and
-rewrites ``card.json`` atomically with both scores (the weights and their checksum are untouched).
+preprocessing and evaluation seed, and plays a seeded uniform random policy on the same games. It
+returns the card as it is and as it would be with the new scores; only with ``write=True`` does it
+replace ``card.json`` (atomically; the weights and their checksum are untouched), and it refuses to
+replace a score over more games than it played unless ``force=True``: a shipped card's 30-game
+score must not turn into a 2-game score by accident.
 
 Example:
-    >>> card = score_agent("agents/krull-ddqn", episodes=30)  # doctest: +SKIP
-    >>> card.clean_score.episodes  # doctest: +SKIP
-    30
+    >>> result = score_agent("agents/krull-ddqn", episodes=30)  # doctest: +SKIP
+    >>> result.after.clean_score.episodes, result.written  # doctest: +SKIP
+    (30, False)
+    >>> for line in card_changes(result.before, result.after):  # doctest: +SKIP
+    ...     print(line)
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import dataclasses
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +30,12 @@ from sap_rl.config import from_dict
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_write_json
 from sap_rl.rl.agent import CARD_FILE, AgentCard, Score, load_agent
-from sap_rl.rl.envs import AtariPreprocessing, summarize
+from sap_rl.rl.envs import AtariPreprocessing, game_progress, summarize
 from sap_rl.rl.games import resolve_game
 from sap_rl.rl.train import evaluate_q_net, random_score
 from sap_rl.rl.train_config import EvalConfig, TrainConfig
 
-__all__ = ["score_agent", "scoring_config"]
+__all__ = ["ScoreResult", "card_changes", "score_agent", "scoring_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,19 +68,96 @@ def scoring_config(card: AgentCard, *, episodes: int, n_envs: int) -> TrainConfi
     return from_dict(TrainConfig, data)
 
 
-def score_agent(path: str | os.PathLike[str], *, episodes: int = 30, n_envs: int = 5) -> AgentCard:
-    """Play ``episodes`` whole games with the agent and a random policy; update ``card.json``.
+@dataclass(frozen=True)
+class ScoreResult:
+    """What :func:`score_agent` measured: the card before and with the new scores.
+
+    Attributes:
+        before: the card as read from ``card_path``.
+        after: the card with the measured scores (what ``card.json`` holds now if ``written``).
+        card_path: the agent's ``card.json``.
+        written: whether ``card.json`` was replaced.
+    """
+
+    before: AgentCard
+    after: AgentCard
+    card_path: Path
+    written: bool
+
+
+def _number(value: float | None, *, count: bool = False) -> str:
+    if value is None:
+        return "none"
+    return str(int(value)) if count else f"{value:.2f}"
+
+
+def card_changes(before: AgentCard, after: AgentCard) -> list[str]:
+    """One line per score of the card, ``old -> new`` (or ``(unchanged)``), for the user.
+
+    The scores are the clean mean, std and game count, the random-policy score and the
+    human-normalized score (the one ``sap-rl evaluate`` picks its default agent by).
+
+    Example:
+        >>> old = AgentCard(name="a", game="Krull", env_id="ALE/Krull-v5",
+        ...                 clean_score=Score(3045.3, 976.9, 30), random_score=1686.0)
+        >>> new = dataclasses.replace(old, clean_score=Score(2012.0, 0.0, 1))
+        >>> for line in card_changes(old, new):
+        ...     print(line)
+        clean_score.mean: 3045.30 -> 2012.00
+        clean_score.std: 976.90 -> 0.00
+        clean_score.episodes: 30 -> 1
+        random_score: 1686.00 (unchanged)
+        human_normalized: none (unchanged)
+    """
+    pairs: list[tuple[str, float | None, float | None]] = [
+        ("clean_score.mean", before.clean_score.mean, after.clean_score.mean),
+        ("clean_score.std", before.clean_score.std, after.clean_score.std),
+        ("clean_score.episodes", before.clean_score.episodes, after.clean_score.episodes),
+        ("random_score", before.random_score, after.random_score),
+        ("human_normalized", before.human_normalized, after.human_normalized),
+    ]
+    lines = []
+    for name, old, new in pairs:
+        count = name.endswith("episodes")
+        # Compare the printed values: a float that moved in the 10th digit did not change.
+        old_text, new_text = _number(old, count=count), _number(new, count=count)
+        change = "(unchanged)" if old_text == new_text else f"-> {new_text}"
+        lines.append(f"{name}: {old_text} {change}")
+    return lines
+
+
+def score_agent(
+    path: str | os.PathLike[str],
+    *,
+    episodes: int = 30,
+    n_envs: int = 5,
+    write: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> ScoreResult:
+    """Play ``episodes`` whole games with the agent and a random policy; update the card if asked.
 
     Args:
         path: agent folder (``model.safetensors`` + ``card.json``).
         episodes: whole games to play (the same seeded games for the agent and the random policy).
         n_envs: games played in parallel.
+        write: replace ``card.json`` (atomically) with the measured scores.
+        force: with ``write``, replace it even if the card's score is over more games than
+            ``episodes``.
+        progress: a progress bar over games when stderr is a terminal (else, and without it,
+            one INFO log line per game).
 
     Returns:
-        The updated card (also written to ``path/card.json``).
+        The card before and with the new scores, and whether it was written.
 
     Raises:
-        UserError: unreadable agent folder or ``episodes``/``n_envs`` < 1.
+        UserError: unreadable agent folder, ``episodes``/``n_envs`` < 1, or ``write`` over a card
+            with more games than ``episodes`` without ``force`` (checked before any game).
+
+    Example:
+        >>> result = score_agent("agents/roadrunner-ddqn", episodes=2)  # doctest: +SKIP
+        >>> result.written  # doctest: +SKIP
+        False
     """
     if episodes < 1 or n_envs < 1:
         raise UserError(f"episodes and n_envs must be >= 1, got {episodes} and {n_envs}")
@@ -82,11 +165,20 @@ def score_agent(path: str | os.PathLike[str], *, episodes: int = 30, n_envs: int
     folder = Path(path)
     if folder.is_file():
         folder = folder.parent
+    card_path = folder / CARD_FILE
+    had = card.clean_score.episodes
+    if write and not force and episodes < had:
+        raise UserError(
+            f"{card_path} has a score over {had} games; refusing to replace it with one over "
+            f"{episodes} (play --episodes {had} or more, or add --force)"
+        )
     game = resolve_game(card.game)
     cfg = scoring_config(card, episodes=episodes, n_envs=n_envs)
     start = time.perf_counter()
-    clean = summarize(evaluate_q_net(net, game, cfg, episodes=episodes))
-    rand = random_score(game, cfg, episodes=episodes)
+    with game_progress(episodes, f"{card.name}: agent", bar=progress) as on_game:
+        clean = summarize(evaluate_q_net(net, game, cfg, episodes=episodes, on_game=on_game))
+    with game_progress(episodes, f"{card.name}: random policy", bar=progress) as on_game:
+        rand = random_score(game, cfg, episodes=episodes, on_game=on_game)
     wall = time.perf_counter() - start
     logger.info(
         "%s: %.2f +- %.2f over %d games (random %.2f) in %.0f s",
@@ -104,5 +196,6 @@ def score_agent(path: str | os.PathLike[str], *, episodes: int = 30, n_envs: int
             "scoring_wall_time_s": round(wall, 1),
         },
     ).with_reference_scores()
-    atomic_write_json(folder / CARD_FILE, updated.to_json())
-    return updated
+    if write:
+        atomic_write_json(card_path, updated.to_json())
+    return ScoreResult(before=card, after=updated, card_path=card_path, written=write)

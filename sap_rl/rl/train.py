@@ -33,6 +33,7 @@ import platform
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ from sap_rl.rl.checkpoint import (
 )
 from sap_rl.rl.dqn import DoubleDQN, FrameStackNStepReplayBuffer, FrameStackReplayBuffer
 from sap_rl.rl.envs import (
+    GameResult,
+    game_progress,
     greedy_policy,
     make_vec_env,
     play_games,
@@ -258,9 +261,17 @@ def _write_eval_csv(out: Path, rows: list[dict[str, float]]) -> None:
 
 
 def evaluate_q_net(
-    q_net: torch.nn.Module, game: Game, cfg: TrainConfig, *, episodes: int
-) -> list[Any]:
-    """Play ``episodes`` whole games (unclipped scores) with the greedy policy of ``q_net``."""
+    q_net: torch.nn.Module,
+    game: Game,
+    cfg: TrainConfig,
+    *,
+    episodes: int,
+    on_game: Callable[[GameResult], None] | None = None,
+) -> list[GameResult]:
+    """Play ``episodes`` whole games (unclipped scores) with the greedy policy of ``q_net``.
+
+    ``on_game`` is called with each finished game (a progress report, :func:`game_progress`).
+    """
     device = next(q_net.parameters()).device
     venv = make_vec_env(
         game,
@@ -276,14 +287,23 @@ def evaluate_q_net(
         policy = greedy_policy(
             q_net, device=device, epsilon=cfg.eval.epsilon, seed=cfg.seed + cfg.eval.seed_offset
         )
-        return play_games(venv, policy, episodes)
+        return play_games(venv, policy, episodes, on_game=on_game)
     finally:
         q_net.train(was_training)
         venv.close()
 
 
-def random_score(game: Game, cfg: TrainConfig, *, episodes: int) -> dict[str, float | int]:
-    """Score of a seeded uniform random policy on the same seeded games as the evaluation."""
+def random_score(
+    game: Game,
+    cfg: TrainConfig,
+    *,
+    episodes: int,
+    on_game: Callable[[GameResult], None] | None = None,
+) -> dict[str, float | int]:
+    """Score of a seeded uniform random policy on the same seeded games as the evaluation.
+
+    ``on_game`` is called with each finished game (a progress report, :func:`game_progress`).
+    """
     venv = make_vec_env(
         game,
         min(cfg.eval.n_envs, episodes),
@@ -293,7 +313,8 @@ def random_score(game: Game, cfg: TrainConfig, *, episodes: int) -> dict[str, fl
     )
     try:
         n_actions = int(venv.action_space.n)  # type: ignore[attr-defined]
-        games = play_games(venv, random_policy(n_actions, seed=cfg.seed), episodes)
+        policy = random_policy(n_actions, seed=cfg.seed)
+        games = play_games(venv, policy, episodes, on_game=on_game)
     finally:
         venv.close()
     return summarize(games)
@@ -438,8 +459,11 @@ def train(
     # 6. Final evaluation of the last network and of a random policy on the same seeded games.
     q_net = q_network_from_sb3(model.policy.q_net).to(device)
     episodes = cfg.eval.final_episodes
-    clean = summarize(evaluate_q_net(q_net, resolved, cfg, episodes=episodes))
-    rand = random_score(resolved, cfg, episodes=episodes)
+    # Each phase plays minutes of whole games: report them game by game.
+    with game_progress(episodes, "final games: agent", bar=cfg.progress_bar) as on_game:
+        clean = summarize(evaluate_q_net(q_net, resolved, cfg, episodes=episodes, on_game=on_game))
+    with game_progress(episodes, "final games: random policy", bar=cfg.progress_bar) as on_game:
+        rand = random_score(resolved, cfg, episodes=episodes, on_game=on_game)
     logger.info(
         "final score %.2f (random %.2f) over %d games", clean["mean"], rand["mean"], episodes
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +79,7 @@ def test_save_and_load_roundtrip(tmp_path: Path) -> None:
     assert not loaded.training
     x = torch.rand(5, 4, 84, 84) * 255
     assert torch.equal(loaded(x), net(x))
-    # the card matches DESIGN.md's field list (plus optional additions)
+    # the card's required fields come first, in order (optional additions follow)
     data = json.loads((tmp_path / CARD_FILE).read_text())
     design = ["name", "game", "env_id", "algorithm", "timesteps", "hyperparameters", "wrappers",
               "clean_score", "random_score", "sha256", "sap_rl_version", "trained_on"]  # fmt: skip
@@ -87,9 +89,13 @@ def test_save_and_load_roundtrip(tmp_path: Path) -> None:
 
 
 def test_load_accepts_files_inside_the_folder(tmp_path: Path) -> None:
-    save_agent(tmp_path, QNetwork(4), _card())
-    load_agent(tmp_path / CARD_FILE)
-    load_agent(tmp_path / MODEL_FILE)
+    net = QNetwork(4)
+    card = save_agent(tmp_path, net, _card())
+    x = torch.rand(3, 4, 84, 84) * 255
+    for path in (tmp_path / CARD_FILE, tmp_path / MODEL_FILE):
+        loaded, loaded_card = load_agent(path)  # the folder's agent, whichever file is named
+        assert loaded_card == card
+        assert torch.equal(loaded(x), net(x))
 
 
 def test_load_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,3 +198,106 @@ def test_forward_copies_shares_the_first_convolution_and_matches_forward() -> No
     net.head.register_forward_pre_hook(lambda _m, args: head_rows.append(args[0].shape[0]))
     out = forward_copies(net, x, 16)
     assert out.shape == (48, 5) and rows == [3] and head_rows == [48]
+
+
+# --- tampered agent folders: weights re-written and the card re-signed, so the checksum passes ---
+
+SHIPPED = Path(__file__).resolve().parents[2] / "agents"
+
+
+def _resign(folder: Path, **card_changes: object) -> None:
+    """Put the weights' SHA-256 (and ``card_changes``) into the card, as a tamperer would."""
+    from sap_rl.io import sha256_file
+
+    card = json.loads((folder / CARD_FILE).read_text())
+    card.update(card_changes, sha256=sha256_file(folder / MODEL_FILE))
+    (folder / CARD_FILE).write_text(json.dumps(card))
+
+
+def _rewrite_weights(
+    folder: Path, change: Callable[[dict[str, torch.Tensor]], None], metadata: bool = True
+) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = folder / MODEL_FILE
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state = load_file(str(path))
+    change(state)
+    save_file(state, str(path), metadata=meta if metadata else None)
+    _resign(folder)
+
+
+def test_card_whose_game_was_edited_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # RoadRunner weights under a card that says Krull: both games have 18 actions.
+    folder = tmp_path / "roadrunner-ddqn"
+    shutil.copytree(SHIPPED / "roadrunner-ddqn", folder)
+    _resign(folder, game="Krull", env_id="ALE/Krull-v5")
+    match = "saved for RoadRunner but card.json says Krull"
+    _one_line_error(folder, match)
+    _one_line_error(folder, match, game="Krull")
+    # the commands stop before playing: one line, exit code 2
+    from sap_rl.cli import main
+
+    assert main(["score", str(folder), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
+
+
+def test_weights_without_game_metadata_are_refused(tmp_path: Path) -> None:
+    save_agent(tmp_path, QNetwork(4), _card())
+    _rewrite_weights(tmp_path, lambda state: None, metadata=False)
+    _one_line_error(tmp_path, "no 'game' in the weights' metadata")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path: Path, value: float) -> None:
+    save_agent(tmp_path, QNetwork(4), _card())
+
+    def poison(state: dict[str, torch.Tensor]) -> None:
+        state["cnn.2.weight"][0, 0, 0, 0] = value
+
+    _rewrite_weights(tmp_path, poison)
+    _one_line_error(tmp_path, r"tensor 'cnn\.2\.weight' has 1 NaN or infinite values")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_upcast(tmp_path: Path, dtype: torch.dtype) -> None:
+    net = QNetwork(4)
+    save_agent(tmp_path, net, _card())
+
+    def halve(state: dict[str, torch.Tensor]) -> None:
+        for name in state:
+            state[name] = state[name].to(dtype)
+
+    _rewrite_weights(tmp_path, halve)
+    loaded, _ = load_agent(tmp_path)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    expected = {k: v.to(dtype).to(torch.float32) for k, v in net.state_dict().items()}
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32, torch.float64])
+def test_other_weight_dtypes_are_refused(tmp_path: Path, dtype: torch.dtype) -> None:
+    save_agent(tmp_path, QNetwork(4), _card())
+
+    def convert(state: dict[str, torch.Tensor]) -> None:
+        state["head.weight"] = state["head.weight"].to(dtype)
+
+    _rewrite_weights(tmp_path, convert)
+    name = str(dtype).removeprefix("torch.")
+    _one_line_error(tmp_path, rf"tensor 'head\.weight' is {name}; agent weights must be float32")
+
+
+def test_shipped_agents_are_named_after_their_folders() -> None:
+    # Default output folders (runs/evaluate/<card name>) and the results' agent column use the
+    # card's name; a name other than the folder's would file the results under a second name.
+    folders = sorted(p.parent for p in SHIPPED.glob(f"*/{CARD_FILE}"))
+    assert [f.name for f in folders] == ["krull-ddqn", "kungfumaster-ddqn", "roadrunner-ddqn"]
+    for folder in folders:
+        assert read_card(folder).name == folder.name
+        _, card = load_agent(folder)  # and every check of load_agent passes on them
+        assert card.clean_score.episodes == 30

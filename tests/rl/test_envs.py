@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import sys
 from typing import Any
 
 import numpy as np
@@ -11,6 +14,7 @@ import torch
 from sap_rl.errors import UserError
 from sap_rl.rl.envs import (
     AtariPreprocessing,
+    game_progress,
     make_env,
     make_vec_env,
     n_actions,
@@ -116,6 +120,46 @@ def test_play_games_is_deterministic_with_fixed_quota() -> None:
     assert [g.env_index for g in first] == [0, 1, 2, 0, 1]
     with pytest.raises(UserError):
         play_games(make_vec_env("Breakout", 1, seed=0, training=False), random_policy(4, seed=0), 0)
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so that the progress bar is drawn into it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_play_games_reports_every_game_to_the_progress_hook(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def play(on_game: Any) -> list[Any]:
+        venv = make_vec_env("Breakout", 2, seed=5, training=False)
+        try:
+            return play_games(venv, random_policy(4, seed=0), 3, on_game=on_game)
+        finally:
+            venv.close()
+
+    # not a terminal (pytest captures stderr): one INFO line per game, in finishing order
+    caplog.set_level(logging.INFO, logger="sap_rl.rl.envs")
+    reported: list[Any] = []
+    with game_progress(3, "demo") as log_game:
+        games = play(lambda game: (reported.append(game), log_game(game)))
+    assert sorted(reported, key=lambda g: g.reward) == sorted(games, key=lambda g: g.reward)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" scored ")[0] for line in lines] == [f"demo: game {i}/3" for i in (1, 2, 3)]
+    assert lines[0] == f"demo: game 1/3 scored {reported[0].reward:g} in {reported[0].length} steps"
+    # a terminal: a tqdm bar over games, and no log lines
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    caplog.clear()
+    with game_progress(3, "demo") as on_game:
+        assert play(on_game) == games
+    assert "demo: 100%" in terminal.getvalue() and "3/3" in terminal.getvalue()
+    assert not caplog.records
+    # bar=False (--no-progress) logs even on a terminal
+    with game_progress(1, "quiet", bar=False) as on_game:
+        on_game(games[0])
+    assert [r.getMessage().split(" scored ")[0] for r in caplog.records] == ["quiet: game 1/1"]
 
 
 def test_episode_length_cap_truncates_whole_games() -> None:

@@ -352,3 +352,25 @@ def test_workers_respect_the_time_limit(agent_dir: Path, tmp_path: Path) -> None
     result = evaluate(_config(agent_dir, workers=2), tmp_path / "eval", progress=False,
                       time_limit_s=1e-9)  # fmt: skip
     assert (result.cells_played, len(result.cells_missing)) == (0, 4)
+
+
+@pytest.mark.parametrize("name", ["krull-ddqn", "kungfumaster-ddqn", "roadrunner-ddqn"])
+def test_committed_study_results_resume_with_the_shipped_agent(name: str) -> None:
+    # Rerunning the README's study command on results/rl/<name> must reuse all 64 cells: the
+    # fingerprint (agent name and weights checksum included) still matches the shipped card.
+    from sap_rl.config import load_config
+    from sap_rl.rl.agent import load_agent
+    from sap_rl.rl.evaluate import _fingerprint, _load_cell
+    from sap_rl.rl.games import resolve_game
+
+    repo = Path(__file__).resolve().parents[2]
+    config = load_config(EvalConfig, repo / "configs/eval/study.yaml", {"agent": name})
+    _, card = load_agent(repo / "agents" / name)
+    fingerprint = _fingerprint(card, resolve_game(card.game), config)
+    out = repo / "results" / "rl" / name
+    assert json.loads((out / "run.json").read_text())["fingerprint"] == fingerprint
+    cells = plan_cells(config)
+    assert len(cells) == 64
+    assert all(_load_cell(out, cell, fingerprint) is not None for cell in cells)
+    with (out / "episodes.csv").open() as handle:
+        assert {row["agent"] for row in csv.DictReader(handle)} == {name}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +129,18 @@ def test_interrupted_run_resumes(
 
 
 def test_time_limit_stops_learning_and_finishes_the_run(
-    tmp_path: Path, tiny_config_file: Path
+    tmp_path: Path, tiny_config_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = resolve_train_config(yaml.safe_load(tiny_config_file.read_text()), game="Breakout")
     cfg.timesteps = 1_000_000
+    caplog.set_level(logging.INFO, logger="sap_rl.rl.envs")
     result = train("Breakout", cfg, out=tmp_path / "run", time_limit_s=1e-9)
+    # the final games are reported one by one (no progress bar: not a terminal)
+    games = [r.getMessage().split(" scored ")[0] for r in caplog.records if r.name.endswith("envs")]
+    n = cfg.eval.final_episodes
+    assert games == [f"final games: agent: game {i}/{n}" for i in range(1, n + 1)] + [
+        f"final games: random policy: game {i}/{n}" for i in range(1, n + 1)
+    ]
     # stopped at the first step, then the usual end: checkpoint, final games, agent folder
     assert 0 < result.timesteps < 10
     assert result.card.timesteps == result.timesteps
