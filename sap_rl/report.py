@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from collections import defaultdict
@@ -28,12 +29,18 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from sap_rl.errors import UserError
 from sap_rl.io import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = [
+    "REWARD_PANELS",
     "SummaryRow",
+    "plot_accuracy",
     "plot_metric",
+    "plot_metrics",
+    "plot_relative_reward",
     "read_summary_csv",
+    "replot",
     "save_figure",
     "summarize",
     "write_csv",
@@ -165,6 +172,15 @@ def read_summary_csv(path: str | os.PathLike[str]) -> list[SummaryRow]:
         ]
 
 
+#: Panels of the RL plot: each defense's reward relative to its own clean reward (the SAP paper's
+#: measure), and the same rewards on one scale for all defenses, so that a defense that starts
+#: from a lower clean score is seen to start lower.
+REWARD_PANELS = (
+    ("relative", "reward / same defense's clean reward"),
+    ("normalized", "(reward - random) / (dense clean - random)"),
+)
+
+
 def plot_metric(
     rows: Sequence[SummaryRow],
     path: str | os.PathLike[str],
@@ -172,45 +188,135 @@ def plot_metric(
     metric: str = "relative",
     ylabel: str | None = None,
     title: str | None = None,
+    sem_over: str = "games",
 ) -> None:
     """Plot ``metric`` against eps, one panel per attack, one line per defense with SEM error bars.
 
-    ``metric`` is ``"relative"``, ``"normalized"`` or ``"mean"``; error bars are the SEM scaled the
-    same way as the metric. The x axis is symmetric-log so that eps = 0 is shown beside 0.5 .. 32.
+    ``metric`` is ``"relative"``, ``"normalized"`` or ``"mean"``; see :func:`plot_metrics`.
+    """
+    plot_metrics(rows, path, [(metric, ylabel or metric)], title=title, sem_over=sem_over)
+
+
+def plot_metrics(
+    rows: Sequence[SummaryRow],
+    path: str | os.PathLike[str],
+    panels: Sequence[tuple[str, str]],
+    *,
+    title: str | None = None,
+    sem_over: str = "games",
+) -> None:
+    """Plot metrics against eps: one row of panels per ``(metric, y label)``, one column per attack.
+
+    Each defense is a line with error bars of one standard error of the mean (SEM) over
+    ``sem_over``, scaled the way the metric scales the mean. The x axis is symmetric-log, so that
+    eps = 0 sits beside 0.5 .. 32, with a tick at each measured eps. A ``relative`` panel has a
+    dotted line at 1 (each defense's clean score), a ``normalized`` one at 1 (dense's clean score)
+    and 0 (the random policy).
+
+    Raises:
+        ValueError: a metric other than ``"relative"``, ``"normalized"`` or ``"mean"``.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
-    if metric not in ("relative", "normalized", "mean"):
-        raise ValueError(f"metric must be 'relative', 'normalized' or 'mean', got {metric!r}")
-    attacks = list(dict.fromkeys(r.attack for r in rows))
+    for metric, _ in panels:
+        if metric not in ("relative", "normalized", "mean"):
+            raise ValueError(f"metric must be 'relative', 'normalized' or 'mean', got {metric!r}")
+    attacks = list(dict.fromkeys(r.attack for r in rows)) or [""]
     defenses = list(dict.fromkeys(r.defense for r in rows))
+    eps_ticks = sorted({r.eps for r in rows})
+    normalized_slope = _normalized_slope(rows)
     fig, axes = plt.subplots(
-        1, max(1, len(attacks)), figsize=(4.2 * max(1, len(attacks)), 3.6), squeeze=False
+        len(panels),
+        len(attacks),
+        figsize=(4.2 * len(attacks), 3.3 * len(panels) + 0.5),
+        squeeze=False,
+        sharex=True,
     )
-    for ax, attack in zip(axes[0], attacks, strict=False):
-        for defense in defenses:
-            cell = sorted((r for r in rows if r.attack == attack and r.defense == defense),
-                          key=lambda r: r.eps)  # fmt: skip
-            if not cell:
-                continue
-            ys = [getattr(r, metric) for r in cell]
-            errs = [_scaled_sem(r, metric) for r in cell]
-            ax.errorbar([r.eps for r in cell], ys, yerr=errs, marker="o", ms=3, capsize=2,
-                        label=defense)  # fmt: skip
-        ax.set_xscale("symlog", linthresh=0.5)
-        ax.set_xlabel("eps (pixel levels)")
-        ax.set_title(attack)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(ylabel or metric)
+    for i, (metric, ylabel) in enumerate(panels):
+        for ax, attack in zip(axes[i], attacks, strict=True):
+            for defense in defenses:
+                cell = sorted((r for r in rows if r.attack == attack and r.defense == defense),
+                              key=lambda r: r.eps)  # fmt: skip
+                if not cell:
+                    continue
+                ys = [getattr(r, metric) for r in cell]
+                errs = [_scaled_sem(r, metric, rows, normalized_slope) for r in cell]
+                ax.errorbar([r.eps for r in cell], ys, yerr=errs, marker="o", ms=3, capsize=2,
+                            label=defense)  # fmt: skip
+            references = {"relative": (1.0,), "normalized": (0.0, 1.0)}.get(metric, ())
+            for y in references:
+                ax.axhline(y, color="grey", lw=0.8, ls=":")
+            ax.set_xscale("symlog", linthresh=0.5)
+            # symlog's own locator crowds 0 and 10^-1 together; tick exactly the measured budgets.
+            ax.xaxis.set_major_locator(FixedLocator(eps_ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([f"{e:g}" for e in eps_ticks])
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(attack)
+            if i == len(panels) - 1:
+                ax.set_xlabel("eps (pixel levels)")
+        axes[i][0].set_ylabel(ylabel, fontsize=9)
     if rows:
         axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
+    caption = f"error bars: \u00b11 SEM over {sem_over}"
+    fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_relative_reward(
+    rows: Sequence[SummaryRow], path: str | os.PathLike[str], *, title: str | None = None
+) -> None:
+    """The RL evaluator's ``relative_reward.png``: the :data:`REWARD_PANELS` against eps."""
+    plot_metrics(rows, path, REWARD_PANELS, title=title, sem_over="games")
+
+
+def plot_accuracy(
+    rows: Sequence[SummaryRow], path: str | os.PathLike[str], *, title: str | None = None
+) -> None:
+    """The vision evaluator's ``accuracy.png``: accuracy against eps."""
+    plot_metrics(rows, path, [("mean", "accuracy")], title=title, sem_over="test images")
+
+
+def replot(folder: str | os.PathLike[str]) -> Path:
+    """Redraw the plot of a finished evaluation from its ``summary.csv`` and ``summary.json``.
+
+    Nothing is played or attacked: an RL folder (``sap-rl evaluate``) gets a new
+    ``relative_reward.png``, a vision folder (``sap-rl vision evaluate``) a new ``accuracy.png``
+    (``reliability.png`` needs the per-example cells and is left alone).
+
+    Returns:
+        The path of the plot written.
+
+    Raises:
+        UserError: the folder lacks either summary file, or they are not an evaluation's.
+    """
+    out = Path(folder)
+    summary_csv, summary_json = out / "summary.csv", out / "summary.json"
+    for path in (summary_csv, summary_json):
+        if not path.is_file():
+            raise UserError(f"{out}: no {path.name}; is it the --out folder of an evaluation?")
+    try:
+        meta = json.loads(summary_json.read_text(encoding="utf-8"))
+        rows = read_summary_csv(summary_csv)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{out}: unreadable summary: {err}") from None
+    if isinstance(meta, dict) and "game" in meta and "agent" in meta:
+        plot = out / "relative_reward.png"
+        plot_relative_reward(rows, plot, title=f"{meta['agent']['name']} ({meta['game']})")
+    elif isinstance(meta, dict) and "chance_accuracy" in meta and "model" in meta:
+        model = meta["model"]
+        title = f"{model['name']} ({model['dataset']}, {meta['examples']} test images)"
+        plot = out / "accuracy.png"
+        plot_accuracy(rows, plot, title=title)
+    else:
+        raise UserError(f"{summary_json}: neither an Atari nor a vision evaluation summary")
+    return plot
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
@@ -222,9 +328,35 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
     plt.close(fig)
 
 
-def _scaled_sem(row: SummaryRow, metric: str) -> float:
+def _scaled_sem(
+    row: SummaryRow, metric: str, rows: Sequence[SummaryRow], normalized_slope: float
+) -> float:
+    """The row's SEM on the scale of ``metric`` (both metrics are linear in the mean)."""
     if metric == "mean":
         return row.sem
-    if row.mean == 0 or math.isnan(getattr(row, metric)):
+    if metric == "normalized":
+        return abs(normalized_slope) * row.sem if math.isfinite(normalized_slope) else 0.0
+    # relative = mean / the same defense's clean mean: the SEM scales by 1 / that clean mean.
+    clean = [r.mean for r in rows if r.defense == row.defense and r.eps == 0.0]
+    own = [
+        r.mean for r in rows if r.defense == row.defense and r.attack == row.attack and r.eps == 0
+    ]
+    reference = own[0] if own else (clean[0] if clean else math.nan)
+    if not math.isfinite(reference) or reference == 0 or math.isnan(row.relative):
         return 0.0
-    return abs(getattr(row, metric) / row.mean) * row.sem
+    return abs(row.sem / reference)
+
+
+def _normalized_slope(rows: Sequence[SummaryRow]) -> float:
+    """d normalized / d mean = 1 / (dense clean - random), the same for every row of a table.
+
+    It is read off the two rows with the most different means, so no random score is needed.
+    """
+    usable = [r for r in rows if math.isfinite(r.normalized)]
+    if len(usable) < 2:
+        return math.nan
+    low = min(usable, key=lambda r: r.mean)
+    high = max(usable, key=lambda r: r.mean)
+    if high.mean == low.mean:
+        return math.nan
+    return (high.normalized - low.normalized) / (high.mean - low.mean)

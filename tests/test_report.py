@@ -6,10 +6,24 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sap_rl.report import plot_metric, read_summary_csv, summarize, write_summary
+from sap_rl.errors import UserError
+from sap_rl.report import (
+    REWARD_PANELS,
+    _normalized_slope,
+    _scaled_sem,
+    plot_metric,
+    plot_metrics,
+    read_summary_csv,
+    replot,
+    summarize,
+    write_summary,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def records() -> list[tuple[str, str, float, float]]:
@@ -77,3 +91,87 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     with pytest.raises(ValueError, match="metric"):
         plot_metric(rows, tmp_path / "x.png", metric="median")
+
+
+def _figure_of(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Keep the figures that save_figure would write, to inspect their axes."""
+    import sap_rl.report as report
+
+    figures: list[Any] = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig))
+    return figures
+
+
+def test_reward_plot_has_a_panel_on_dense_clean_scale_and_says_sem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = summarize(records(), random_score=-20.5)
+    figures = _figure_of(monkeypatch)
+    plot_metrics(rows, tmp_path / "x.png", REWARD_PANELS, title="Pong")
+    fig = figures[0]
+    axes = fig.axes
+    assert len(axes) == 2  # one attack, two panels: relative and normalized
+    assert "SEM" in fig.get_suptitle()
+    assert "dense clean" in axes[1].get_ylabel()
+    sap = next(c for c in axes[1].containers if c.get_label() == "sap-100")
+    # On the dense scale SAP-100's clean point is below dense's 1.0, not 1.0 as in panel one.
+    assert sap.lines[0].get_ydata()[0] == pytest.approx((11.0 + 20.5) / (19.0 + 20.5))
+    # Ticks only at the measured budgets: no crowded 0 / 10^-1 symlog labels, no minor ticks.
+    assert list(axes[1].get_xticks()) == [0.0, 2.0]
+    assert [t.get_text() for t in axes[1].get_xticklabels()] == ["0", "2"]
+    assert len(axes[1].xaxis.get_minorticklocs()) == 0
+
+
+def test_error_bars_are_the_sem_on_the_metric_scale() -> None:
+    rows = summarize(records(), random_score=-20.5)
+    slope = _normalized_slope(rows)
+    assert slope == pytest.approx(1.0 / (19.0 + 20.5))
+    by_key = {(r.defense, r.eps): r for r in rows}
+    sap = by_key[("sap-100", 2.0)]
+    assert _scaled_sem(sap, "mean", rows, slope) == sap.sem
+    assert _scaled_sem(sap, "normalized", rows, slope) == pytest.approx(sap.sem / 39.5)
+    assert _scaled_sem(sap, "relative", rows, slope) == pytest.approx(sap.sem / 11.0)
+    zero = summarize([("dense", "fgsm", 0.0, 4.0), ("dense", "fgsm", 1.0, -1.0),
+                      ("dense", "fgsm", 1.0, 1.0)], random_score=0.0)  # fmt: skip
+    # A mean of 0 with spread still has an error bar (it used to be drawn as 0).
+    assert _scaled_sem(zero[1], "relative", zero, _normalized_slope(zero)) == pytest.approx(
+        zero[1].sem / 4.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("folder", "plot"),
+    [("results/rl/roadrunner-ddqn", "relative_reward.png"),
+     ("results/vision/digits-dense", "accuracy.png")],
+)  # fmt: skip
+def test_replot_redraws_a_committed_result_from_its_summary(
+    folder: str, plot: str, tmp_path: Path
+) -> None:
+    for name in ("summary.csv", "summary.json"):
+        (tmp_path / name).write_bytes((ROOT / folder / name).read_bytes())
+    assert replot(tmp_path) == tmp_path / plot
+    assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [plot, "summary.csv", "summary.json"]
+    )
+
+
+def test_replot_of_a_folder_without_summary_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"no summary\.csv"):
+        replot(tmp_path)
+    (tmp_path / "summary.csv").write_text("defense\n")
+    (tmp_path / "summary.json").write_text('{"something": 1}')
+    with pytest.raises(UserError, match="neither"):
+        replot(tmp_path)
+
+
+def test_sap_rl_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sap_rl.cli import main
+
+    for name in ("summary.csv", "summary.json"):
+        (tmp_path / name).write_bytes((ROOT / "results/rl/krull-ddqn" / name).read_bytes())
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "relative_reward.png").is_file()
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'relative_reward.png'}"
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "no summary.csv" in capsys.readouterr().err

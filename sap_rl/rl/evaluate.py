@@ -23,7 +23,7 @@ Whole games
     steps, or about ``max_steps`` agent steps if set (the cap is ``4 * max_steps`` emulator frames,
     no-op starts included). Capped games count with the score reached and are logged.
 
-Outputs in ``out`` (DESIGN.md): ``episodes.csv`` (one row per game), ``summary.csv`` and
+Outputs in ``out``: ``episodes.csv`` (one row per game), ``summary.csv`` and
 ``summary.json`` (``mean``, ``std``, ``sem``, ``relative`` = mean / the same defense's eps = 0 mean,
 ``normalized`` = (mean - random score) / (dense clean mean - random score); the JSON adds the
 resolved config, agent, random score and versions) and ``relative_reward.png``. Each finished cell
@@ -69,7 +69,7 @@ from sap_rl.defenses import parse_defense
 from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_write_json, read_json
-from sap_rl.report import SummaryRow, plot_metric, summarize, write_csv, write_summary
+from sap_rl.report import SummaryRow, plot_relative_reward, summarize, write_csv, write_summary
 from sap_rl.rl.agent import CARD_FILE, AgentCard, QNetwork, load_agent, read_card
 from sap_rl.rl.envs import AtariPreprocessing, make_env, obs_to_tensor
 from sap_rl.rl.games import Game, resolve_game
@@ -366,7 +366,7 @@ def evaluate(
         The summary rows (as in ``summary.csv``) with the output folder and metadata.
 
     Example:
-        >>> cfg = EvalConfig(agent="agents/roadrunner-ddqn", eps=[0, 1], episodes=2)  # doctest: +SKIP
+        >>> cfg = EvalConfig(agent="agents/krull-ddqn", eps=[0, 1], episodes=2)  # doctest: +SKIP
         >>> result = evaluate(cfg, "runs/demo")  # doctest: +SKIP
         >>> [(r.defense, r.eps, r.relative) for r in result.rows]  # doctest: +SKIP
     """
@@ -429,8 +429,8 @@ def evaluate(
     meta["seconds"] = round(time.perf_counter() - started, 3)
     _write_episodes(out_dir, game, card, cells, done)
     write_summary(out_dir, rows, meta)
-    plot_metric(rows, out_dir / "relative_reward.png", metric="relative",
-                ylabel="relative reward", title=f"{card.name} ({game.name})")  # fmt: skip
+    title = f"{card.name} ({game.name})"
+    plot_relative_reward(rows, out_dir / "relative_reward.png", title=title)
     return EvalResult(rows, out_dir, meta, cells_played=len(cells) - skipped - len(missing),
                       cells_skipped=skipped, cells_missing=missing)  # fmt: skip
 

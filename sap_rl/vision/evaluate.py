@@ -53,7 +53,7 @@ from sap_rl.config import save_config, to_dict
 from sap_rl.defenses import DefenseSpec, parse_defense
 from sap_rl.errors import UserError
 from sap_rl.io import load_tensors, save_tensors
-from sap_rl.report import SummaryRow, plot_metric, summarize, write_csv, write_summary
+from sap_rl.report import SummaryRow, plot_accuracy, summarize, write_csv, write_summary
 from sap_rl.sap import mc_average
 from sap_rl.vision.calibration import ReliabilityBins, plot_reliability, reliability_bins
 from sap_rl.vision.data import iterate_batches, load_dataset
@@ -310,7 +310,7 @@ def evaluate(
         ([c[k] for k in CALIBRATION_COLUMNS] for c in calibration),
     )
     title = f"{card.name} ({card.dataset}, {n} test images)"
-    plot_metric(rows, out / "accuracy.png", metric="mean", ylabel="accuracy", title=title)
+    plot_accuracy(rows, out / "accuracy.png", title=title)
     shown_eps = _reliability_eps(config, eps_values)
     panels = {
         spec.name: {

@@ -1,0 +1,42 @@
+"""``sap-rl report``: redraw the plots of finished evaluations from their summary files.
+
+Example::
+
+    sap-rl report results/rl/roadrunner-ddqn results/vision/digits-dense
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+_EXAMPLES = """\
+examples:
+  sap-rl report results/rl/roadrunner-ddqn          # relative_reward.png from summary.csv/json
+  sap-rl report results/rl/* results/vision/digits-*
+"""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``report`` sub-command to ``subparsers``."""
+    parser = subparsers.add_parser(
+        "report",
+        help="redraw the plot of finished evaluations from their summary files",
+        description=(
+            "Redraw relative_reward.png (sap-rl evaluate) or accuracy.png (sap-rl vision\n"
+            "evaluate) in each DIR from its summary.csv and summary.json; nothing is played."
+        ),
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="an evaluation's --out folder")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Redraw every folder's plot; a folder without summary files is a one-line error."""
+    from sap_rl.report import replot
+
+    for folder in args.dirs:
+        print(f"wrote {replot(folder)}")
+    return 0
