@@ -130,13 +130,31 @@ def _act(hv: float, lo: float) -> float:  # pragma: no cover - compiled
     return lo if hv < lo else hv
 
 
-@nb.njit(cache=True, fastmath={"reassoc"})
+@nb.njit(cache=True)
 def _abs_sum(h_row: np.ndarray, lo: float, row_scale: float) -> float:  # pragma: no cover
-    """``sum_j |act(h_row[j])| * row_scale`` in float64 (reassociated so that it vectorizes)."""
-    total = 0.0
-    for j in range(h_row.shape[0]):
-        total += abs(np.float64(_act(h_row[j], lo))) * row_scale
-    return total
+    """``sum_j |act(h_row[j])| * row_scale`` in float64, the same on every CPU.
+
+    Element ``j`` goes to lane ``j % 8`` and the lanes are added in a fixed order. Letting the
+    compiler reassociate the sum instead would make it depend on the host's vector width, and a
+    last-bit change in ``p`` can flip a draw: SAP's games would then differ between CPUs for a
+    reason of our own. Eight independent lanes still vectorize (or pipeline) without it.
+    """
+    n = h_row.shape[0]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    body = n - n % 8
+    for j in range(0, body, 8):
+        a0 += abs(np.float64(_act(h_row[j], lo))) * row_scale
+        a1 += abs(np.float64(_act(h_row[j + 1], lo))) * row_scale
+        a2 += abs(np.float64(_act(h_row[j + 2], lo))) * row_scale
+        a3 += abs(np.float64(_act(h_row[j + 3], lo))) * row_scale
+        a4 += abs(np.float64(_act(h_row[j + 4], lo))) * row_scale
+        a5 += abs(np.float64(_act(h_row[j + 5], lo))) * row_scale
+        a6 += abs(np.float64(_act(h_row[j + 6], lo))) * row_scale
+        a7 += abs(np.float64(_act(h_row[j + 7], lo))) * row_scale
+    tail = 0.0
+    for j in range(body, n):
+        tail += abs(np.float64(_act(h_row[j], lo))) * row_scale
+    return (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))) + tail
 
 
 @nb.njit(inline="always", cache=True)
