@@ -48,7 +48,10 @@ from sap_rl.sap import deterministic, forward_copies, mc_average, stochastic_mod
 
 __all__ = [
     "ATTACK_NAMES_HELP",
+    "MAX_ATTACK_STEPS",
+    "MAX_EOT_SAMPLES",
     "AttackSpec",
+    "check_eot_samples",
     "eval_mode",
     "fgsm",
     "fgsm_ll",
@@ -394,11 +397,37 @@ def pgd_ll(
     )  # fmt: skip
 
 
+#: Most PGD steps an attack name may ask for. The literature uses 10 to 100; a name like
+#: ``pgd-1000000`` is a typo that would run for days (every step is a forward and backward pass
+#: per agent step or image), so it is refused up front.
+MAX_ATTACK_STEPS = 1000
+#: Most stochastic passes one ``-eot`` gradient may average (``eot_samples``), for the same reason.
+MAX_EOT_SAMPLES = 1000
+
 ATTACK_NAMES_HELP = (
-    "fgsm, fgsm-ll, pgd-<steps>, pgd-<steps>-ll, and each with an -eot suffix "
-    "(gradient averaged over the defense's randomness), e.g. fgsm-eot, pgd-10-eot"
+    f"fgsm, fgsm-ll, pgd-<steps> (1 to {MAX_ATTACK_STEPS}), pgd-<steps>-ll, and each with an "
+    "-eot suffix (gradient averaged over the defense's randomness), e.g. fgsm-eot, pgd-10-eot"
 )
 _ATTACK_RE = re.compile(r"^(?P<kind>fgsm|pgd-(?P<steps>\d+))(?P<ll>-ll)?(?P<eot>-eot)?$")
+
+
+def check_eot_samples(value: int, name: str = "eot-samples") -> int:
+    """``value`` if it is a valid number of draws per EOT gradient (1 to :data:`MAX_EOT_SAMPLES`).
+
+    Raises:
+        UserError: not an integer, below 1 or above the bound (the message names it).
+
+    Example:
+        >>> check_eot_samples(16)
+        16
+        >>> check_eot_samples(5000)
+        Traceback (most recent call last):
+        ...
+        sap_rl.errors.UserError: eot-samples must be an integer from 1 to 1000, got 5000
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EOT_SAMPLES:
+        raise UserError(f"{name} must be an integer from 1 to {MAX_EOT_SAMPLES}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -449,16 +478,29 @@ def parse_attack(name: str) -> AttackSpec:
     """Parse an attack name such as ``fgsm``, ``fgsm-eot``, ``pgd-10`` or ``pgd-10-ll-eot``.
 
     Raises:
-        UserError: for an unknown name (the message lists the valid forms).
+        UserError: for an unknown name (the message lists the valid forms), or more than
+            :data:`MAX_ATTACK_STEPS` steps.
 
     Example:
         >>> parse_attack("pgd-10-eot")
         AttackSpec(name='pgd-10-eot', kind='pgd', steps=10, least_likely=False, eot=True)
+        >>> parse_attack("pgd-1000000")
+        Traceback (most recent call last):
+        ...
+        sap_rl.errors.UserError: attack 'pgd-1000000': at most 1000 PGD steps (pgd-1 to pgd-1000)
     """
     match = _ATTACK_RE.match(name.strip().lower())
-    if match is None or (match["steps"] is not None and int(match["steps"]) < 1):
+    if match is None or (match["steps"] is not None and not match["steps"].strip("0")):  # pgd-0
         raise UserError(f"unknown attack {name!r}; valid attacks: {ATTACK_NAMES_HELP}")
-    steps = int(match["steps"]) if match["steps"] else 1
+    digits = (match["steps"] or "1").lstrip("0")
+    # Compare the digits before int(): Python refuses to convert thousands of them.
+    if len(digits) > len(str(MAX_ATTACK_STEPS)) or int(digits) > MAX_ATTACK_STEPS:
+        shown = name.strip() if len(name.strip()) <= 40 else name.strip()[:37] + "..."
+        raise UserError(
+            f"attack {shown!r}: at most {MAX_ATTACK_STEPS} PGD steps "
+            f"(pgd-1 to pgd-{MAX_ATTACK_STEPS})"
+        )
+    steps = int(digits)
     return AttackSpec(
         name=match.group(0),
         kind="fgsm" if match["kind"] == "fgsm" else "pgd",

@@ -1,6 +1,11 @@
-"""Shared fixtures: small real data (scikit-learn's digits) and small real models."""
+"""Shared fixtures: small real data (scikit-learn's digits), small real models, lock holders."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +60,35 @@ def digits_model(digits: tuple[torch.Tensor, ...]) -> nn.Module:
             loss.backward()
             optimizer.step()
     return model.eval()
+
+
+_HOLD_LOCK = """
+import sys, time
+from sap_rl.lock import output_lock
+
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def lock_holder() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
+    """Start another process that holds the output lock of a folder (killed at teardown)."""
+    holders: list[subprocess.Popen[str]] = []
+
+    def hold(folder: Path) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True
+        )
+        holders.append(process)
+        assert process.stdout is not None
+        assert process.stdout.readline() == "locked\n", "the holder did not take the lock"
+        return process
+
+    yield hold
+    for process in holders:
+        process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

@@ -10,7 +10,10 @@ import torch
 from torch import nn
 
 from sap_rl.attacks import (
+    MAX_ATTACK_STEPS,
+    MAX_EOT_SAMPLES,
     AttackSpec,
+    check_eot_samples,
     fgsm,
     fgsm_ll,
     input_gradient,
@@ -270,6 +273,21 @@ def test_parse_attack(name: str, spec: AttackSpec) -> None:
 def test_parse_attack_rejects_unknown_names(name: str) -> None:
     with pytest.raises(UserError, match="valid attacks"):
         parse_attack(name)
+
+
+def test_attack_steps_are_bounded() -> None:
+    assert parse_attack(f"pgd-{MAX_ATTACK_STEPS}-eot").steps == MAX_ATTACK_STEPS == 1000
+    for name in ("pgd-1001", "pgd-1000000-eot", "pgd-" + "9" * 5000):  # 5000 digits: no int()
+        with pytest.raises(UserError, match="at most 1000 PGD steps") as err:
+            parse_attack(name)
+        assert len(str(err.value)) < 120  # one short line, even for a name of 5000 characters
+
+
+def test_eot_samples_are_bounded() -> None:
+    assert check_eot_samples(MAX_EOT_SAMPLES) == MAX_EOT_SAMPLES == 1000
+    for bad in (0, 1001, 2.0, True):
+        with pytest.raises(UserError, match="eot-samples must be an integer from 1 to 1000"):
+            check_eot_samples(bad)  # type: ignore[arg-type]
 
 
 def test_bad_arguments(digits_model: nn.Module) -> None:

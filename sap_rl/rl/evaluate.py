@@ -63,12 +63,13 @@ import torch
 from torch import nn
 
 from sap_rl import __version__
-from sap_rl.attacks import parse_attack
+from sap_rl.attacks import check_eot_samples, parse_attack
 from sap_rl.config import to_dict
 from sap_rl.defenses import parse_defense
 from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_write_json, read_json
+from sap_rl.lock import output_lock
 from sap_rl.report import SummaryRow, plot_relative_reward, summarize, write_csv, write_summary
 from sap_rl.rl.agent import CARD_FILE, AgentCard, QNetwork, load_agent, read_card
 from sap_rl.rl.envs import AtariPreprocessing, make_env, obs_to_tensor
@@ -125,7 +126,8 @@ class EvalConfig:
         n_envs: parallel environments (batched attack); changes only the speed (and the
             stochastic defenses' draws), never which games are played.
         seed: base seed of the game seeds and of every random draw.
-        eot_samples: draws averaged by ``-eot`` attacks.
+        eot_samples: draws averaged by ``-eot`` attacks (at most
+            :data:`sap_rl.attacks.MAX_EOT_SAMPLES`).
         action_samples: draws whose Q-values a stochastic defense averages to pick its action
             (1: one random draw per step, the mixed strategy).
         perturb: ``stack`` (all four frames) or ``last`` (only the newest, Huang et al. 2017).
@@ -172,6 +174,7 @@ class EvalConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+        check_eot_samples(self.eot_samples)
         for name in ("max_steps", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -267,7 +270,10 @@ def find_agents() -> list[Path]:
     """Agent folders (holding a ``card.json``) under ``agents/`` of the working dir and the repo.
 
     Example:
-        >>> isinstance(find_agents(), list)
+        >>> agents = find_agents()
+        >>> all((folder / CARD_FILE).is_file() for folder in agents)
+        True
+        >>> "krull-ddqn" in [folder.name for folder in agents]  # shipped in the repo's agents/
         True
     """
     found: list[Path] = []
@@ -352,7 +358,8 @@ def evaluate(
     """Play every cell of ``config``, write the result files into ``out`` and return the summary.
 
     Everything is validated (agent files, game, names, budgets, a conflicting ``out``) before
-    anything is written. Finished cells found in ``out`` are reused.
+    anything is written. Finished cells found in ``out`` are reused. The run holds ``out``'s
+    lock (:func:`sap_rl.lock.output_lock`) while it writes: a second run on ``out`` is refused.
 
     Args:
         config: the grid and settings.
@@ -377,62 +384,67 @@ def evaluate(
     default_out = Path("runs") / "evaluate" / (card.name or folder.name)
     out_dir = Path(out) if out is not None else default_out
     fingerprint = _fingerprint(card, game, config)
-    _check_out(out_dir, fingerprint)
+    # One writer per folder: two runs of different settings would mix their files. The
+    # folder's contents are checked under the lock, so no other run changes them meanwhile.
+    with output_lock(out_dir):
+        _check_out(out_dir, fingerprint)
 
-    cells = plan_cells(config)
-    done = {c: games for c in cells if (games := _load_cell(out_dir, c, fingerprint)) is not None}
-    skipped = len(done)
-    atomic_write_json(out_dir / RUN_FILE, {"fingerprint": fingerprint})
-    logger.info(
-        "%s on %s: %d cells x %d games (%d cells already done) -> %s",
-        card.name, game.name, len(cells), config.episodes, len(done), out_dir,
-    )  # fmt: skip
+        cells = plan_cells(config)
+        done = {
+            c: games for c in cells if (games := _load_cell(out_dir, c, fingerprint)) is not None
+        }
+        skipped = len(done)
+        atomic_write_json(out_dir / RUN_FILE, {"fingerprint": fingerprint})
+        logger.info(
+            "%s on %s: %d cells x %d games (%d cells already done) -> %s",
+            card.name, game.name, len(cells), config.episodes, len(done), out_dir,
+        )  # fmt: skip
 
-    started = time.perf_counter()
+        started = time.perf_counter()
 
-    def may_start() -> bool:
-        return time_limit_s <= 0 or time.perf_counter() - started < time_limit_s
+        def may_start() -> bool:
+            return time_limit_s <= 0 or time.perf_counter() - started < time_limit_s
 
-    restore_threads = set_threads(config.threads) if config.threads else None
-    try:
-        random_score, random_source = _random_score(card, config, game, out_dir)
-        bar = _progress_bar(len(cells) * config.episodes, len(done) * config.episodes, progress)
-        with bar, _logging_beside(bar):
-            todo = [cell for cell in cells if cell not in done]
-            if config.workers > 1:
-                bar.set_description(f"{config.workers} workers")
-            played = play_cells(
-                net, game, config, todo, device=device, may_start=may_start,
-                on_game=bar.update, on_start=lambda c: bar.set_description(c.name),
-            )  # fmt: skip
-            for cell, games, seconds in played:
-                _save_cell(out_dir, cell, games, fingerprint, config, seconds)
-                done[cell] = games
-                _write_episodes(out_dir, game, card, cells, done)
-                _log_cell(cell, games, seconds)
-    finally:
-        if restore_threads is not None:
-            set_threads(*restore_threads)
-    if len(done) < len(cells):
-        logger.warning("time limit of %.0f s reached; %d cells left to play",
-                       time_limit_s, len(cells) - len(done))  # fmt: skip
+        restore_threads = set_threads(config.threads) if config.threads else None
+        try:
+            random_score, random_source = _random_score(card, config, game, out_dir)
+            bar = _progress_bar(len(cells) * config.episodes, len(done) * config.episodes, progress)
+            with bar, _logging_beside(bar):
+                todo = [cell for cell in cells if cell not in done]
+                if config.workers > 1:
+                    bar.set_description(f"{config.workers} workers")
+                played = play_cells(
+                    net, game, config, todo, device=device, may_start=may_start,
+                    on_game=bar.update, on_start=lambda c: bar.set_description(c.name),
+                )  # fmt: skip
+                for cell, games, seconds in played:
+                    _save_cell(out_dir, cell, games, fingerprint, config, seconds)
+                    done[cell] = games
+                    _write_episodes(out_dir, game, card, cells, done)
+                    _log_cell(cell, games, seconds)
+        finally:
+            if restore_threads is not None:
+                set_threads(*restore_threads)
+        if len(done) < len(cells):
+            logger.warning("time limit of %.0f s reached; %d cells left to play",
+                           time_limit_s, len(cells) - len(done))  # fmt: skip
 
-    records = [(c.defense, attack, c.eps, g.reward)
-               for c in cells if c in done
-               for attack in _attacks_of(c, config) for g in done[c]]  # fmt: skip
-    dense_clean = Cell("dense", None, 0.0) in done
-    baseline = None if dense_clean or card.clean_score.episodes == 0 else card.clean_score.mean
-    rows = summarize(records, random_score=random_score, baseline_score=baseline)
-    meta = _meta(config, card, folder, game, done, random_score, random_source, baseline)
-    missing = [c.name for c in cells if c not in done]
-    meta["cells_missing"] = missing
-    meta["seconds"] = round(time.perf_counter() - started, 3)
-    _write_episodes(out_dir, game, card, cells, done)
-    write_summary(out_dir, rows, meta)
-    title = f"{card.name} ({game.name})"
-    plot_relative_reward(rows, out_dir / "relative_reward.png", title=title)
-    return EvalResult(rows, out_dir, meta, cells_played=len(cells) - skipped - len(missing),
-                      cells_skipped=skipped, cells_missing=missing)  # fmt: skip
+        records = [(c.defense, attack, c.eps, g.reward)
+                   for c in cells if c in done
+                   for attack in _attacks_of(c, config) for g in done[c]]  # fmt: skip
+        dense_clean = Cell("dense", None, 0.0) in done
+        baseline = None if dense_clean or card.clean_score.episodes == 0 else card.clean_score.mean
+        rows = summarize(records, random_score=random_score, baseline_score=baseline)
+        meta = _meta(config, card, folder, game, done, random_score, random_source, baseline)
+        missing = [c.name for c in cells if c not in done]
+        meta["cells_missing"] = missing
+        meta["seconds"] = round(time.perf_counter() - started, 3)
+        _write_episodes(out_dir, game, card, cells, done)
+        write_summary(out_dir, rows, meta)
+        title = f"{card.name} ({game.name})"
+        plot_relative_reward(rows, out_dir / "relative_reward.png", title=title)
+        return EvalResult(rows, out_dir, meta, cells_played=len(cells) - skipped - len(missing),
+                          cells_skipped=skipped, cells_missing=missing)  # fmt: skip
 
 
 def _attacks_of(cell: Cell, config: EvalConfig) -> list[str]:

@@ -50,6 +50,7 @@ from sap_rl.config import from_dict, load_yaml, to_dict
 from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_write_text
+from sap_rl.lock import output_lock
 from sap_rl.rl.agent import AgentCard, Score, q_network_from_sb3, save_agent, utc_now
 from sap_rl.rl.checkpoint import (
     CHECKPOINT_DIR,
@@ -369,11 +370,29 @@ def train(
             records the steps actually trained. ``--resume`` can continue it later.
 
     Raises:
-        UserError: unknown game, existing checkpoint without ``resume``, ``resume`` without one.
+        UserError: unknown game, existing checkpoint without ``resume``, ``resume`` without one,
+            or another run writing into ``out`` (:func:`sap_rl.lock.output_lock`).
     """
     # 1. Resolve the game, the output folder and the configuration.
     resolved = resolve_game(game)
     out_dir = Path(out) if out is not None else default_out(resolved.name, cfg.seed, cfg.algorithm)
+    device = str(resolve_device(cfg.device))  # validate before writing anything
+    # One writer per run folder: a second run would overwrite this one's checkpoints. What the
+    # folder holds is checked under the lock, so no other run changes it meanwhile.
+    with output_lock(out_dir):
+        return _train_in(resolved, cfg, out_dir, device, resume=resume, time_limit_s=time_limit_s)
+
+
+def _train_in(
+    resolved: Game,
+    cfg: TrainConfig,
+    out_dir: Path,
+    device: str,
+    *,
+    resume: bool,
+    time_limit_s: float,
+) -> TrainResult:
+    """:func:`train` in ``out_dir``, whose output lock the caller holds."""
     state = load_checkpoint_state(out_dir)
     if state is not None and not resume:
         raise UserError(
@@ -391,7 +410,6 @@ def train(
             f"{out_dir}: the checkpoint is at {state.timesteps} steps, already >= --timesteps "
             f"{cfg.timesteps}; raise --timesteps to train further"
         )
-    device = str(resolve_device(cfg.device))  # validate before writing anything
     out_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(out_dir, resolved.name, cfg)
 

@@ -10,6 +10,11 @@ Workers are started with ``spawn`` (not ``fork``): the parent's torch and numba 
 pools are not safe to fork. Each worker therefore imports the package afresh (a few seconds), and
 jobs and their arguments must be picklable module-level functions and values.
 
+Workers end with their parent, however it ends: a ``kill -9`` of ``sap-rl evaluate`` must not leave
+workers computing for hours and then holding their memory. On Linux the kernel kills them
+(``PR_SET_PDEATHSIG``); elsewhere a thread in each worker polls its parent
+(:func:`exit_with_parent`).
+
 Example:
     >>> from operator import neg
     >>> sorted(run_jobs(neg, [1, 2, 3], workers=2))
@@ -18,14 +23,19 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
 import queue
 import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
-__all__ = ["post_event", "run_jobs"]
+__all__ = ["exit_with_parent", "post_event", "run_jobs"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,10 +43,59 @@ R = TypeVar("R")
 _events: Any = None  # the parent's event queue, in a worker process
 
 
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def exit_with_parent(parent_pid: int, *, poll_s: float = 0.5, use_prctl: bool = True) -> str:
+    """Make this process end as soon as ``parent_pid``, its parent, ends; returns the way used.
+
+    On Linux (``use_prctl``) the kernel sends this process ``SIGKILL`` when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``): ``"prctl"``. Otherwise a daemon thread checks
+    ``os.getppid()`` every ``poll_s`` seconds and exits the process once it changed (the process
+    was handed to another parent): ``"poll"``. Either way, if ``parent_pid`` is no longer the
+    parent when this is called, the process exits at once (code 1).
+
+    Example:
+        >>> import subprocess, sys
+        >>> code = "import os; from sap_rl.rl.workers import exit_with_parent as e; e(os.getpid())"
+        >>> subprocess.run([sys.executable, "-c", code]).returncode  # not its own parent: gone
+        1
+    """
+    armed = False
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            armed = prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    # A parent that died before this call sends no signal: check once, after arming.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    if armed:
+        return "prctl"
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid, poll_s), name="exit-with-parent", daemon=True
+    ).start()
+    return "poll"
+
+
+def _watch_parent(parent_pid: int, poll_s: float) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+    os._exit(1)  # no cleanup: the results have no one to go to
+
+
 def _start_worker(
-    events: Any, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]
+    parent_pid: int,
+    events: Any,
+    initializer: Callable[..., None] | None,
+    initargs: tuple[Any, ...],
 ) -> None:
     global _events
+    # First, before the (slow) initializer: an orphan must not build models nor play games.
+    # The kernel's parent-death signal follows the parent *thread* that started the worker:
+    # run_jobs starts its workers from the thread that iterates it, which outlives them.
+    exit_with_parent(parent_pid)
     _events = events
     # Ctrl-C reaches the whole process group: the parent stops the workers, so they ignore it
     # (no traceback from every worker).
@@ -99,7 +158,7 @@ def run_jobs(
     pending = list(items)[::-1]
     pool = ProcessPoolExecutor(
         workers, mp_context=context, initializer=_start_worker,
-        initargs=(events, initializer, initargs),
+        initargs=(os.getpid(), events, initializer, initargs),
     )  # fmt: skip
     running: dict[Future[R], T] = {}
     clean_exit = False

@@ -48,11 +48,12 @@ import torch
 from torch import nn
 
 from sap_rl import __version__
-from sap_rl.attacks import AttackSpec, parse_attack
+from sap_rl.attacks import AttackSpec, check_eot_samples, parse_attack
 from sap_rl.config import save_config, to_dict
 from sap_rl.defenses import DefenseSpec, parse_defense
 from sap_rl.errors import UserError
 from sap_rl.io import load_tensors, save_tensors
+from sap_rl.lock import output_lock
 from sap_rl.report import SummaryRow, plot_accuracy, summarize, write_csv, write_summary
 from sap_rl.sap import mc_average
 from sap_rl.vision.calibration import ReliabilityBins, plot_reliability, reliability_bins
@@ -86,7 +87,8 @@ class EvalConfig:
         mc_samples: stochastic passes averaged for each prediction.
         grad_samples: passes averaged into the prediction a plain attack differentiates
             (stochastic defenses only; the SAP paper's attacker).
-        eot_samples: passes whose loss gradients an ``-eot`` attack averages.
+        eot_samples: passes whose loss gradients an ``-eot`` attack averages (at most
+            :data:`sap_rl.attacks.MAX_EOT_SAMPLES`, as ``grad_samples``).
         labels: attack the true ``label`` or the model's clean ``prediction``.
         examples: use the first N test images (``null``: all).
         batch_size: test images per attacked batch.
@@ -123,6 +125,9 @@ class EvalConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # Each of these passes is paid at every attack step: bounded like sap-rl evaluate's.
+        check_eot_samples(self.eot_samples, "eot_samples")
+        check_eot_samples(self.grad_samples, "grad_samples")
         if self.examples is not None and self.examples < 1:
             raise ValueError(f"examples must be >= 1, got {self.examples}")
         if any(not math.isfinite(e) or e < 0 for e in self.eps):
@@ -213,7 +218,8 @@ def evaluate(
         The :class:`sap_rl.report.SummaryRow` s written to ``summary.csv``.
 
     Raises:
-        UserError: bad model folder, missing data, unknown defense/attack names.
+        UserError: bad model folder, missing data, unknown defense/attack names, or another run
+            writing into ``out_dir`` (:func:`sap_rl.lock.output_lock`).
     """
     started = time.perf_counter()
     out = Path(out_dir)
@@ -228,107 +234,110 @@ def evaluate(
         raise UserError(f"{model_dir}: the model's input shape or classes do not match the data")
     n = data.x_test.shape[0] if config.examples is None else min(config.examples, len(data.x_test))
     x, y = data.x_test[:n], data.y_test[:n]
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "eval_config.yaml")
-    fingerprint = _fingerprint(card, config, n, dev)
+    # One writer per output folder: two runs would overwrite each other's cells and tables.
+    with output_lock(out):
+        save_config(config, out / "eval_config.yaml")
+        fingerprint = _fingerprint(card, config, n, dev)
 
-    total_cells = len(defenses) * (1 + len(attacks) * (len(eps_values) - 1))
-    batches = -(-n // config.batch_size)
-    bar = _progress(total=total_cells * batches, quiet=quiet)
-    results: dict[tuple[str, str, float], CellResult] = {}
-    reused = 0
-    for spec in defenses:
-        defended = spec.apply(model).to(dev).eval()
-        todo: list[tuple[AttackSpec | None, float]] = [(None, 0.0)]
-        todo += [(attack, eps) for attack in attacks for eps in eps_values if eps > 0]
-        for attack, eps in todo:
-            name = CLEAN if attack is None else attack.name
-            bar.set_description(f"{spec.name} {name} eps={eps:g}")
-            path = out / CELLS_DIR / f"{spec.name}__{name}__eps{eps:g}.safetensors"
-            cell = _load_cell(path, fingerprint)
-            if cell is None:
-                cell = _run_cell(defended, spec, attack, eps, x, y, config, dev, bar)
-                _save_cell(path, cell, fingerprint)
-            else:
-                reused += 1
-                bar.update(batches)
-            results[(spec.name, name, eps)] = cell
-        del defended
-    bar.close()
+        total_cells = len(defenses) * (1 + len(attacks) * (len(eps_values) - 1))
+        batches = -(-n // config.batch_size)
+        bar = _progress(total=total_cells * batches, quiet=quiet)
+        results: dict[tuple[str, str, float], CellResult] = {}
+        reused = 0
+        for spec in defenses:
+            defended = spec.apply(model).to(dev).eval()
+            todo: list[tuple[AttackSpec | None, float]] = [(None, 0.0)]
+            todo += [(attack, eps) for attack in attacks for eps in eps_values if eps > 0]
+            for attack, eps in todo:
+                name = CLEAN if attack is None else attack.name
+                bar.set_description(f"{spec.name} {name} eps={eps:g}")
+                path = out / CELLS_DIR / f"{spec.name}__{name}__eps{eps:g}.safetensors"
+                cell = _load_cell(path, fingerprint)
+                if cell is None:
+                    cell = _run_cell(defended, spec, attack, eps, x, y, config, dev, bar)
+                    _save_cell(path, cell, fingerprint)
+                else:
+                    reused += 1
+                    bar.update(batches)
+                results[(spec.name, name, eps)] = cell
+            del defended
+        bar.close()
 
-    # Records: one per test example and cell; the clean cell is eps = 0 of every attack.
-    records: list[tuple[str, str, float, float]] = []
-    calibration: list[dict[str, Any]] = []
-    bins: dict[tuple[str, str, float], ReliabilityBins] = {}
-    for spec in defenses:
-        for attack in attacks:
-            for eps in eps_values:
-                cell = results[(spec.name, CLEAN if eps == 0 else attack.name, eps)]
-                records += [(spec.name, attack.name, eps, float(v)) for v in cell.correct.tolist()]
-                b = reliability_bins(cell.confidence, cell.correct, n_bins=config.bins)
-                bins[(spec.name, attack.name, eps)] = b
-                calibration.append(
-                    {
-                        "defense": spec.name,
-                        "attack": attack.name,
-                        "eps": eps,
-                        "n": n,
-                        "accuracy": cell.accuracy,
-                        "ece": b.ece,
-                        "mean_confidence": float(cell.confidence.mean()),
-                    }
-                )
-    chance = 1.0 / card.num_classes
-    dense_clean = results.get(("dense", CLEAN, 0.0))
-    baseline = dense_clean.accuracy if dense_clean is not None else card.clean_accuracy
-    rows = summarize(records, random_score=chance, baseline_score=baseline)
+        # Records: one per test example and cell; the clean cell is eps = 0 of every attack.
+        records: list[tuple[str, str, float, float]] = []
+        calibration: list[dict[str, Any]] = []
+        bins: dict[tuple[str, str, float], ReliabilityBins] = {}
+        for spec in defenses:
+            for attack in attacks:
+                for eps in eps_values:
+                    cell = results[(spec.name, CLEAN if eps == 0 else attack.name, eps)]
+                    records += [
+                        (spec.name, attack.name, eps, float(v)) for v in cell.correct.tolist()
+                    ]
+                    b = reliability_bins(cell.confidence, cell.correct, n_bins=config.bins)
+                    bins[(spec.name, attack.name, eps)] = b
+                    calibration.append(
+                        {
+                            "defense": spec.name,
+                            "attack": attack.name,
+                            "eps": eps,
+                            "n": n,
+                            "accuracy": cell.accuracy,
+                            "ece": b.ece,
+                            "mean_confidence": float(cell.confidence.mean()),
+                        }
+                    )
+        chance = 1.0 / card.num_classes
+        dense_clean = results.get(("dense", CLEAN, 0.0))
+        baseline = dense_clean.accuracy if dense_clean is not None else card.clean_accuracy
+        rows = summarize(records, random_score=chance, baseline_score=baseline)
 
-    meta = {
-        "model": {
-            "path": str(model_dir),
-            "name": card.name,
-            "architecture": card.architecture,
-            "dataset": card.dataset,
-            "adversarial": card.adversarial,
-            "clean_accuracy": card.clean_accuracy,
-            "sha256": card.sha256,
-        },
-        "config": to_dict(config),
-        "examples": n,
-        "chance_accuracy": chance,
-        "dense_clean_accuracy": baseline,
-        "calibration": calibration,
-        "wall_seconds": round(time.perf_counter() - started, 2),
-        "cells": {"computed": len(results) - reused, "reused_from_earlier_run": reused},
-        "device": str(dev),
-        "versions": _versions(),
-    }
-    write_summary(out, rows, meta)
-    write_csv(
-        out / "calibration.csv",
-        CALIBRATION_COLUMNS,
-        ([c[k] for k in CALIBRATION_COLUMNS] for c in calibration),
-    )
-    title = f"{card.name} ({card.dataset}, {n} test images)"
-    plot_accuracy(rows, out / "accuracy.png", title=title)
-    shown_eps = _reliability_eps(config, eps_values)
-    panels = {
-        spec.name: {
-            "clean": bins[(spec.name, attacks[0].name, 0.0)],
-            **(
-                {
-                    f"{a.name} eps={shown_eps:g}": bins[(spec.name, a.name, shown_eps)]
-                    for a in attacks
-                }
-                if shown_eps > 0
-                else {}
-            ),
+        meta = {
+            "model": {
+                "path": str(model_dir),
+                "name": card.name,
+                "architecture": card.architecture,
+                "dataset": card.dataset,
+                "adversarial": card.adversarial,
+                "clean_accuracy": card.clean_accuracy,
+                "sha256": card.sha256,
+            },
+            "config": to_dict(config),
+            "examples": n,
+            "chance_accuracy": chance,
+            "dense_clean_accuracy": baseline,
+            "calibration": calibration,
+            "wall_seconds": round(time.perf_counter() - started, 2),
+            "cells": {"computed": len(results) - reused, "reused_from_earlier_run": reused},
+            "device": str(dev),
+            "versions": _versions(),
         }
-        for spec in defenses
-    }
-    plot_reliability(panels, out / "reliability.png", title=title)
-    logger.info("wrote %s in %.1f s", out, time.perf_counter() - started)
-    return rows
+        write_summary(out, rows, meta)
+        write_csv(
+            out / "calibration.csv",
+            CALIBRATION_COLUMNS,
+            ([c[k] for k in CALIBRATION_COLUMNS] for c in calibration),
+        )
+        title = f"{card.name} ({card.dataset}, {n} test images)"
+        plot_accuracy(rows, out / "accuracy.png", title=title)
+        shown_eps = _reliability_eps(config, eps_values)
+        panels = {
+            spec.name: {
+                "clean": bins[(spec.name, attacks[0].name, 0.0)],
+                **(
+                    {
+                        f"{a.name} eps={shown_eps:g}": bins[(spec.name, a.name, shown_eps)]
+                        for a in attacks
+                    }
+                    if shown_eps > 0
+                    else {}
+                ),
+            }
+            for spec in defenses
+        }
+        plot_reliability(panels, out / "reliability.png", title=title)
+        logger.info("wrote %s in %.1f s", out, time.perf_counter() - started)
+        return rows
 
 
 def _run_cell(

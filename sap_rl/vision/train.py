@@ -53,6 +53,7 @@ from sap_rl.io import (
     save_optimizer,
     save_tensors,
 )
+from sap_rl.lock import output_lock
 from sap_rl.vision.adversarial import kurakin_loss, paper_batch
 from sap_rl.vision.data import ImageDataset, augment, iterate_batches, load_dataset
 from sap_rl.vision.models import ModelCard, build_model, save_model
@@ -141,12 +142,30 @@ def train(
             the model folder is written only when the schedule is complete.
 
     Raises:
-        UserError: missing data, a device that is not there, or an ``out_dir`` that holds a run
-            with a different configuration.
+        UserError: missing data, a device that is not there, an ``out_dir`` that holds a run
+            with a different configuration, or another run writing into ``out_dir``
+            (:func:`sap_rl.lock.output_lock`).
     """
     out = Path(out_dir)
     dev = resolve_device(device)
+    data = load_dataset(config.dataset, data_root)  # validate before writing anything
+    # One writer per model folder: a second run would overwrite this one's checkpoints. What the
+    # folder holds is checked under the lock, so no other run changes it meanwhile.
+    with output_lock(out):
+        return _train_in(config, out, data, dev, quiet=quiet, resume=resume, max_epochs=max_epochs)
 
+
+def _train_in(
+    config: TrainConfig,
+    out: Path,
+    data: ImageDataset,
+    dev: torch.device,
+    *,
+    quiet: bool,
+    resume: bool,
+    max_epochs: int | None,
+) -> ModelCard:
+    """:func:`train` into ``out``, whose output lock the caller holds."""
     # 1. The resolved configuration lives beside the outputs.
     state = _read_state(out) if resume else None
     if state is not None and (out / "config.yaml").is_file():
@@ -158,8 +177,7 @@ def train(
             )
     save_config(config, out / "config.yaml")
 
-    # 2. Data, model, optimizer.
-    data = load_dataset(config.dataset, data_root)
+    # 2. Model, optimizer.
     torch.manual_seed(seed_for(config.seed, "init"))
     model = build_model(
         config.architecture,

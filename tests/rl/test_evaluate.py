@@ -144,6 +144,8 @@ def test_config_normalizes_names_and_always_adds_clean() -> None:
         ({"epsilon": 1.5}, "epsilon"),
         ({"defenses": []}, "no defense"),
         ({"workers": 0}, "workers must be an integer >= 1"),
+        ({"attacks": ["pgd-1000000"]}, r"at most 1000 PGD steps \(pgd-1 to pgd-1000\)"),
+        ({"eot_samples": 1001}, "eot-samples must be an integer from 1 to 1000, got 1001"),
     ],
 )
 def test_bad_config_is_a_user_error(kwargs: dict, message: str) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sap_rl.config import deep_merge
 from sap_rl.errors import UserError
 from sap_rl.rl.train_config import (
     PRESET_DIR,
@@ -55,10 +58,27 @@ def test_gpu_preset_steps_games_in_worker_processes() -> None:
 def test_every_shipped_preset_loads_for_every_listed_game() -> None:
     import yaml
 
-    for path in PRESET_DIR.glob("*.yaml"):
+    presets = sorted(PRESET_DIR.glob("*.yaml"))
+    # An empty glob (a moved folder) would make the loop below pass without checking anything.
+    assert {"ddqn", "ddqn_cpu", "ddqn_gpu"} <= {path.stem for path in presets}
+    for path in presets:
         data = yaml.safe_load(path.read_text())
-        for game in [*(data.get("games") or {}), "Pong"]:
-            load_train_config(path, game=game)
+        games = data.get("games") or {}
+        for game in [*games, "Pong"]:
+            cfg = load_train_config(path, game=game)
+            # every value the preset sets for this game is the one the config holds
+            for keys, value in _leaves(deep_merge(data["default"], games.get(game) or {})):
+                assert reduce(getattr, keys, cfg) == value, (path.name, game, keys)
+
+
+def _leaves(
+    block: dict[str, Any], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key, value in block.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
 
 
 def test_overrides_win() -> None:

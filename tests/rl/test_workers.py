@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import math
 import operator
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from sap_rl.rl import workers
 from sap_rl.rl.workers import post_event, run_jobs
 
 
@@ -45,9 +53,102 @@ def test_a_failing_job_raises_in_the_parent() -> None:
 
 
 def test_post_event_outside_a_worker_does_nothing() -> None:
+    assert workers._events is None  # the parent has no queue to post into
     post_event("nobody listens")
+    events: list[str] = []
+    list(run_jobs(post_event, ["from a worker"], workers=1, on_event=events.append))
+    assert events == ["from a worker"]  # the parent's own event went nowhere
+    assert workers._events is None  # and running jobs gave the parent no queue either
 
 
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers must be >= 1"):
         list(run_jobs(abs, [1], workers=0))
+
+
+# A parent that starts long jobs and then waits, as `sap-rl evaluate --workers 2` does; each worker
+# (or the plain child of the fallback) writes its pid into the file named by argv[1].
+_PARENT = """
+import multiprocessing as mp
+import os
+import sys
+import time
+
+from sap_rl.rl.workers import exit_with_parent, post_event, run_jobs
+
+
+def long_job(seconds):
+    post_event(os.getpid())
+    time.sleep(seconds)
+
+
+def polling_child(parent_pid, pid_file):
+    exit_with_parent(parent_pid, use_prctl=False, poll_s=0.1)
+    with open(pid_file, "a") as f:
+        print(os.getpid(), file=f)
+    time.sleep(600)
+
+
+def record(pid):
+    with open(sys.argv[1], "a") as f:
+        print(pid, file=f)
+
+
+if __name__ == "__main__":
+    if sys.argv[2] == "pool":
+        for _ in run_jobs(long_job, [600, 600], workers=2, on_event=record):
+            pass
+    else:
+        child = mp.get_context("spawn").Process(
+            target=polling_child, args=(os.getpid(), sys.argv[1])
+        )
+        child.start()
+        time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(("mode", "n_children"), [("pool", 2), ("poll", 1)])
+def test_children_exit_when_the_parent_is_killed(
+    tmp_path: Path, mode: str, n_children: int
+) -> None:
+    script, pid_file = tmp_path / "parent.py", tmp_path / "pids.txt"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file), mode])
+    pids: list[int] = []
+    try:
+        assert _wait_for(
+            lambda: pid_file.is_file() and len(pid_file.read_text().split()) == n_children, 60
+        ), "the children did not start"
+        pids = [int(p) for p in pid_file.read_text().split()]
+        assert all(_running(pid) for pid in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        assert _wait_for(lambda: not any(_running(pid) for pid in pids), 5), (
+            f"children {[p for p in pids if _running(p)]} outlived their killed parent"
+        )
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in pids:  # only if the test failed: do not leave them sleeping
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,11 @@ def test_eval_config_validation() -> None:
         from_dict(EvalConfig, {"mc_samples": 0})
     with pytest.raises(UserError, match="eps"):
         from_dict(EvalConfig, {"eps": [-1]})
+    # Passes per gradient are bounded (a typo must not run for days); the bound is named.
+    assert from_dict(EvalConfig, {"eot_samples": 1000, "grad_samples": 1000}).eot_samples == 1000
+    for key in ("eot_samples", "grad_samples"):
+        with pytest.raises(UserError, match=f"{key} must be an integer from 1 to 1000, got 1001"):
+            from_dict(EvalConfig, {key: 1001})
 
 
 SMALL = {
@@ -189,3 +196,13 @@ def test_unknown_names_are_user_errors(digits_model_dir: Path, tmp_path: Path) -
         evaluate(digits_model_dir, EvalConfig(defenses=["sap"]), tmp_path, quiet=True)
     with pytest.raises(UserError, match="unknown attack"):
         evaluate(digits_model_dir, EvalConfig(attacks=["cw"]), tmp_path, quiet=True)
+
+
+def test_a_locked_out_folder_is_refused_and_left_alone(
+    digits_model_dir: Path, tmp_path: Path, lock_holder: Callable[[Path], subprocess.Popen[str]]
+) -> None:
+    out = tmp_path / "out"
+    holder = lock_holder(out)  # another process evaluating into the same folder
+    with pytest.raises(UserError, match=f"is in use by another run \\(pid {holder.pid} "):
+        evaluate(digits_model_dir, from_dict(EvalConfig, SMALL), out, quiet=True)
+    assert [p.name for p in out.iterdir()] == [".lock"]
