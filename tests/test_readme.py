@@ -8,6 +8,7 @@
   under ``runs/`` are outputs of earlier commands and are not checked), ``python benchmarks/*.py``
   scripts must exist, and the cheap commands (``sap-rl agents``, ``--help``) are run.
 - The examples in every sub-command's ``--help`` are checked the same way.
+- The README's Atari study tables are the committed ``results/rl/<agent>/summary.csv`` means.
 
 A block that is an excerpt and cannot run alone is marked in the markdown by the line
 ``<!-- no-test: <why> -->`` right before its fence; it is reported as skipped with that reason.
@@ -232,3 +233,57 @@ def test_a_missing_agent_in_an_example_fails_the_check() -> None:
         check_command(["sap-rl", "evaluate", "--agent", "pong-ddqn"], "test")
     with pytest.raises(pytest.fail.Exception, match="does not parse"):
         check_command(["sap-rl", "evaluate", "--no-such-flag"], "test")
+
+
+# --------------------------------------------------------------------------- result tables
+
+STUDY_FOLDERS = {
+    "RoadRunner": "roadrunner-ddqn",
+    "KungFuMaster": "kungfumaster-ddqn",
+    "Krull": "krull-ddqn",
+}
+
+
+def _table_after(text: str, caption: str) -> list[list[str]]:
+    """The rows (cells stripped) of the first markdown table after the line ``caption``."""
+    lines = text.splitlines()
+    start = lines.index(caption)
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            break
+    return rows
+
+
+@pytest.mark.parametrize("game", sorted(STUDY_FOLDERS))
+def test_readme_study_tables_are_the_committed_summaries(game: str) -> None:
+    import json
+
+    from sap_rl.report import read_summary_csv
+
+    folder = ROOT / "results" / "rl" / STUDY_FOLDERS[game]
+    means = {(r.defense, r.attack, r.eps): r.mean for r in read_summary_csv(folder / "summary.csv")}
+    random_score = json.loads((folder / "summary.json").read_text())["random_score"]["value"]
+    caption = next(
+        line
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith(f"{game} (random policy ")
+    )
+    assert caption == f"{game} (random policy {f'{random_score:.1f}'.removesuffix('.0')}):"
+    header, _, *rows = _table_after((ROOT / "README.md").read_text(), caption)
+    eps = [0.0 if h == "clean" else float(h) for h in header[2:]]
+    # Against dense an EOT attack is the plain one; the README's dense rows say so with "(= ...)".
+    attacks = {
+        "FGSM": "fgsm",
+        "FGSM (= FGSM-EOT)": "fgsm",
+        "FGSM-EOT": "fgsm-eot",
+        "PGD-10 (= PGD-10-EOT)": "pgd-10-eot",
+        "PGD-10-EOT": "pgd-10-eot",
+    }
+    assert len(rows) == 11
+    for defense, label, *values in rows:
+        attack = attacks[label]
+        for e, value in zip(eps, values, strict=True):
+            assert int(value) == round(means[(defense.lower(), attack, e)]), (defense, label, e)
