@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -58,13 +59,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()
     handler: Handler = args.func
     try:
-        return handler(args)
+        code = handler(args)
+        # Flushed here, a closed pipe (`sap-rl agents | head -1`) is caught below and not at exit.
+        sys.stdout.flush()
+        return code
     except UserError as err:
         print(f"sap-rl: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sap-rl: interrupted; finished results are kept and a rerun resumes", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout is gone, which is not an error of sap-rl; as Python's docs advise,
+        # point stdout at devnull so the flush at exit does not fail again, and exit with 1.
+        _stdout_to_devnull()
+        return 1
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a descriptor
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,11 +48,69 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
+            # mkstemp makes the file 0600 (and some writers replace it): give it the mode any
+            # other tool's new file gets, 0666 minus the umask.
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process's file mode creation mask (e.g. ``0o022``), without changing it.
+
+    Example:
+        >>> old = os.umask(0o027)
+        >>> oct(current_umask())
+        '0o27'
+        >>> _ = os.umask(old)
+    """
+    try:
+        # Linux reports it directly; setting and restoring it would race with other threads.
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_out_dir(path: str | os.PathLike[str], *, flag: str = "--out") -> Path:
+    """Check, without writing anything, that ``path`` can be (or already is) an output folder.
+
+    ``path`` must be a folder or not exist yet, and its nearest existing ancestor must be a
+    folder this process may write in. Commands call it with their other validation, before
+    their first write, so that a bad ``--out`` is a one-line error and leaves nothing behind.
+
+    Raises:
+        UserError: ``path`` or one of its parents is a file, or that ancestor is on a read-only
+            file system or not writable.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> file = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
+        >>> _ = file.write_text("x")
+        >>> check_out_dir(file / "run")
+        Traceback (most recent call last):
+        ...
+        sap_rl.errors.UserError: --out .../notes.txt/run: .../notes.txt is a file, not a folder
+    """
+    path = Path(path)
+    # Below a file (ENOTDIR) or an unreadable folder nothing "exists": walk up to what does.
+    existing = next((p for p in (path, *path.parents) if os.path.exists(p)), Path("."))
+    if not existing.is_dir():
+        where = "" if existing == path else f": {existing}"
+        raise UserError(f"{flag} {path}{where} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        readonly = os.statvfs(existing).f_flag & os.ST_RDONLY
+        reason = "is on a read-only file system" if readonly else "is not writable"
+        raise UserError(f"{flag} {path}: {existing} {reason}")
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,9 @@ from sap_rl.errors import UserError
 from sap_rl.io import (
     atomic_path,
     atomic_write_json,
+    atomic_write_text,
+    check_out_dir,
+    current_umask,
     load_tensors,
     read_json,
     save_tensors,
@@ -55,3 +60,31 @@ def test_read_json_errors(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         read_json(bad)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_text(tmp_path / "summary.csv", "a,b\n")
+        save_tensors(tmp_path / "w.safetensors", {"w": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    for name in ("summary.csv", "w.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_check_out_dir_refuses_files_and_unwritable_places(tmp_path: Path) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("keep")
+    assert check_out_dir(tmp_path / "new" / "run") == tmp_path / "new" / "run"
+    assert check_out_dir(tmp_path) == tmp_path
+    with pytest.raises(UserError, match=r"^--out .*notes.txt is a file, not a folder$"):
+        check_out_dir(file)
+    with pytest.raises(UserError, match=r"notes.txt/a/b: .*notes.txt is a file, not a folder$"):
+        check_out_dir(file / "a" / "b")
+    with pytest.raises(UserError, match=r"^--model-dir "):
+        check_out_dir(file, flag="--model-dir")
+    assert file.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing created

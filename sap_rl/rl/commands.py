@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from sap_rl.cli_args import non_negative_int, positive_float, positive_int
 from sap_rl.errors import UserError
 from sap_rl.rl import evaluate_command
 
@@ -19,36 +20,6 @@ def register(subparsers: Any) -> None:
     _register_score(subparsers)
     _register_agents(subparsers)
     evaluate_command.register(subparsers)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def _register_train(subparsers: Any) -> None:
@@ -67,8 +38,8 @@ def _register_train(subparsers: Any) -> None:
         "--config",
         help="YAML config file or preset name in configs/atari (ddqn, ddqn_cpu); default: ddqn",
     )
-    parser.add_argument("--timesteps", type=_positive_int, help="total environment steps")
-    parser.add_argument("--seed", type=_non_negative_int, help="random seed (default: config)")
+    parser.add_argument("--timesteps", type=positive_int, help="total environment steps")
+    parser.add_argument("--seed", type=non_negative_int, help="random seed (default: config)")
     parser.add_argument("--out", help="run folder (default: runs/<game>-ddqn-<seed>)")
     parser.add_argument(
         "--device", help="auto, cpu, cuda or cuda:N (default: the config's, normally auto)"
@@ -81,7 +52,7 @@ def _register_train(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--time-limit",
-        type=_positive_float,
+        type=positive_float,
         metavar="MINUTES",
         help="stop learning after MINUTES of wall-clock time and finish the run as usual "
         "(final evaluation, agent folder); --resume continues it",
@@ -155,10 +126,10 @@ def _register_score(subparsers: Any) -> None:
     )
     parser.add_argument("agent", help="agent folder (model.safetensors + card.json)")
     parser.add_argument(
-        "--episodes", type=_positive_int, default=30, help="whole games to play (default: 30)"
+        "--episodes", type=positive_int, default=30, help="whole games to play (default: 30)"
     )
     parser.add_argument(
-        "--n-envs", type=_positive_int, default=5, help="games played in parallel (default: 5)"
+        "--n-envs", type=positive_int, default=5, help="games played in parallel (default: 5)"
     )
     parser.add_argument(
         "--write", action="store_true", help="replace AGENT/card.json with the measured scores"
@@ -230,14 +201,15 @@ def _agents(args: argparse.Namespace) -> int:
     print(f"{header} {'random':>9s} {'human-norm':>10s}")
     for path in cards:
         folder = path.parent.relative_to(root).as_posix()
+        # One bad card (not UTF-8, not JSON, an unknown game) is a row, not the end of the list.
         try:
             card = read_card(path)
+            norm = card.with_reference_scores().human_normalized
         except UserError as err:
             print(f"{folder:32s} (unreadable card: {err})")
             continue
         score = f"{card.clean_score.mean:.1f} +- {card.clean_score.std:.1f}"
         rand = "-" if card.random_score is None else f"{card.random_score:.1f}"
-        norm = card.with_reference_scores().human_normalized
         norm_text = "-" if norm is None else f"{norm:.2f}"
         print(
             f"{folder:32s} {card.game:16s} {card.timesteps:>10d} {score:>18s} "

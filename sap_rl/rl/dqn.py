@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,10 @@ import numpy as np
 import torch as th
 from stable_baselines3 import DQN
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import HumanOutputFormat, KVWriter, Logger
 from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.type_aliases import MaybeCallback, ReplayBufferSamples
 from stable_baselines3.dqn.policies import QNetwork
 from torch.nn import functional as F
 
@@ -116,6 +119,23 @@ class DoubleDQN(DQN):
             for group in optimizer.param_groups:
                 if group.get("foreach") is None:
                     group["foreach"] = True
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        if not self._custom_logger and self.tensorboard_log is None:
+            # SB3's default logger makes an empty <tmp>/SB3-<time> folder on every learn() even
+            # when it writes no file there; this one writes only what verbose asks for (stdout).
+            formats: list[KVWriter] = [HumanOutputFormat(sys.stdout)] if self.verbose >= 1 else []
+            self.set_logger(Logger(folder=None, output_formats=formats))
+        return super()._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
 
     def td_target(self, replay_data: ReplayBufferSamples) -> th.Tensor:
         """The Double DQN TD target ``(B, 1)`` of a replay batch (no gradient)."""

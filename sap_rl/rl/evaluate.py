@@ -68,7 +68,7 @@ from sap_rl.config import to_dict
 from sap_rl.defenses import parse_defense
 from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
-from sap_rl.io import atomic_write_json, read_json
+from sap_rl.io import atomic_write_json, check_out_dir, read_json
 from sap_rl.lock import output_lock
 from sap_rl.report import SummaryRow, plot_relative_reward, summarize, write_csv, write_summary
 from sap_rl.rl.agent import CARD_FILE, AgentCard, QNetwork, load_agent, read_card
@@ -382,7 +382,7 @@ def evaluate(
     net, card = load_agent(folder, game=config.game, device=device)
     game = resolve_game(card.game)
     default_out = Path("runs") / "evaluate" / (card.name or folder.name)
-    out_dir = Path(out) if out is not None else default_out
+    out_dir = check_out_dir(Path(out) if out is not None else default_out)
     fingerprint = _fingerprint(card, game, config)
     # One writer per folder: two runs of different settings would mix their files. The
     # folder's contents are checked under the lock, so no other run changes them meanwhile.
@@ -763,7 +763,10 @@ def _random_score(
     if path.is_file():
         cached = read_json(path)
         if isinstance(cached, dict) and cached.get("key") == key:
-            return float(cached["mean"]), f"measured, cached in {RANDOM_FILE}"
+            mean = cached.get("mean")
+            # A damaged cache only costs a new measurement.
+            if isinstance(mean, (int, float)) and not isinstance(mean, bool):
+                return float(mean), f"measured, cached in {RANDOM_FILE}"
     logger.info("measuring the random-policy score over %d games", config.random_episodes)
     envs = _make_envs(game, config)
     try:
@@ -801,12 +804,16 @@ def _fingerprint(card: AgentCard, game: Game, config: EvalConfig) -> dict[str, A
 
 def _check_out(out_dir: Path, fingerprint: dict[str, Any]) -> None:
     """Refuse an ``out`` folder that holds results of a different evaluation."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file, not a folder")
     run_file = out_dir / RUN_FILE
     if not run_file.is_file():
         return
-    previous = read_json(run_file).get("fingerprint", {})
+    data = read_json(run_file)
+    previous = data.get("fingerprint", {}) if isinstance(data, dict) else None
+    if not isinstance(previous, dict):
+        raise UserError(
+            f"{run_file}: not a run file of sap-rl evaluate (expected a JSON object with a "
+            "fingerprint); use another --out or delete that folder"
+        )
     changed = [f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in fingerprint.items()
                if previous.get(k) != v]  # fmt: skip
     if changed:

@@ -49,7 +49,7 @@ from stable_baselines3.common.utils import set_random_seed
 from sap_rl.config import from_dict, load_yaml, to_dict
 from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
-from sap_rl.io import atomic_write_text
+from sap_rl.io import atomic_write_text, check_out_dir
 from sap_rl.lock import output_lock
 from sap_rl.rl.agent import AgentCard, Score, q_network_from_sb3, save_agent, utc_now
 from sap_rl.rl.checkpoint import (
@@ -375,7 +375,9 @@ def train(
     """
     # 1. Resolve the game, the output folder and the configuration.
     resolved = resolve_game(game)
-    out_dir = Path(out) if out is not None else default_out(resolved.name, cfg.seed, cfg.algorithm)
+    out_dir = check_out_dir(
+        Path(out) if out is not None else default_out(resolved.name, cfg.seed, cfg.algorithm)
+    )
     device = str(resolve_device(cfg.device))  # validate before writing anything
     # One writer per run folder: a second run would overwrite this one's checkpoints. What the
     # folder holds is checked under the lock, so no other run changes it meanwhile.

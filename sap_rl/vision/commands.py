@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sap_rl.cli_args import non_negative_int, positive_int
 from sap_rl.errors import UserError
 
 __all__ = ["register"]
@@ -52,16 +53,6 @@ def _eps_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected numbers like 0,1,2,4, got {text!r}") from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 # ------------------------------------------------------------------------------------- train
 
 
@@ -92,15 +83,17 @@ def _add_train(sub: Any) -> None:
         help="adversarial training (overrides the config's adversarial.mode)",
     )
     p.add_argument(
-        "--epochs", type=_positive, help="keep only the first N epochs of the schedule (quick runs)"
+        "--epochs",
+        type=positive_int,
+        help="keep only the first N epochs of the schedule (quick runs)",
     )
-    p.add_argument("--batch-size", type=_positive, help="override batch_size")
-    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--batch-size", type=positive_int, help="override batch_size")
+    p.add_argument("--seed", type=non_negative_int, help="override the config's seed")
     p.add_argument(
         "--out", type=Path, help="model folder (default: runs/vision/<dataset>-<adversarial>)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     p.add_argument(
         "--no-resume", action="store_true", help="start over even if --out holds a checkpoint"
     )
@@ -198,17 +191,17 @@ def _add_evaluate(sub: Any) -> None:
     )
     p.add_argument(
         "--mc-samples",
-        type=_positive,
+        type=positive_int,
         help="passes averaged per prediction of a stochastic defense (default: 100)",
     )
     p.add_argument(
         "--grad-samples",
-        type=_positive,
+        type=positive_int,
         help="passes averaged into the prediction a plain attack differentiates (default: 16)",
     )
     p.add_argument(
         "--eot-samples",
-        type=_positive,
+        type=positive_int,
         help="passes whose loss gradients an -eot attack averages (default: 16)",
     )
     p.add_argument(
@@ -216,9 +209,9 @@ def _add_evaluate(sub: Any) -> None:
         choices=["label", "prediction"],
         help="attack the true label (default) or the clean prediction",
     )
-    p.add_argument("--examples", type=_positive, help="use the first N test images")
-    p.add_argument("--batch-size", type=_positive, help="test images per batch (default: 256)")
-    p.add_argument("--seed", type=int, help="seed (default: 0)")
+    p.add_argument("--examples", type=positive_int, help="use the first N test images")
+    p.add_argument("--batch-size", type=positive_int, help="test images per batch (default: 256)")
+    p.add_argument("--seed", type=non_negative_int, help="seed (default: 0)")
     p.add_argument(
         "--data-root", type=Path, help="folder containing cifar-10-batches-py/ (CIFAR-10 models)"
     )
@@ -226,7 +219,7 @@ def _add_evaluate(sub: Any) -> None:
         "--out", type=Path, help="output folder (default: runs/vision-eval/<model name>)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
 

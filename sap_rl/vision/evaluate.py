@@ -52,7 +52,7 @@ from sap_rl.attacks import AttackSpec, check_eot_samples, parse_attack
 from sap_rl.config import save_config, to_dict
 from sap_rl.defenses import DefenseSpec, parse_defense
 from sap_rl.errors import UserError
-from sap_rl.io import load_tensors, save_tensors
+from sap_rl.io import check_out_dir, load_tensors, save_tensors
 from sap_rl.lock import output_lock
 from sap_rl.report import SummaryRow, plot_accuracy, summarize, write_csv, write_summary
 from sap_rl.sap import mc_average
@@ -222,7 +222,7 @@ def evaluate(
             writing into ``out_dir`` (:func:`sap_rl.lock.output_lock`).
     """
     started = time.perf_counter()
-    out = Path(out_dir)
+    out = check_out_dir(out_dir)
     dev = resolve_device(device)
     defenses = list({spec.name: spec for spec in map(parse_defense, config.defenses)}.values())
     attacks = list({spec.name: spec for spec in map(parse_attack, config.attacks)}.values())

@@ -47,6 +47,7 @@ from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import (
     atomic_write_json,
+    check_out_dir,
     load_optimizer,
     load_tensors,
     read_json,
@@ -146,7 +147,7 @@ def train(
             with a different configuration, or another run writing into ``out_dir``
             (:func:`sap_rl.lock.output_lock`).
     """
-    out = Path(out_dir)
+    out = check_out_dir(out_dir)
     dev = resolve_device(device)
     data = load_dataset(config.dataset, data_root)  # validate before writing anything
     # One writer per model folder: a second run would overwrite this one's checkpoints. What the

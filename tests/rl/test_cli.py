@@ -89,6 +89,30 @@ def test_agents_lists_cards_and_rejects_missing_folder(
     _fails_with_one_line(["agents", str(tmp_path / "none")], capsys, "no agent folder")
 
 
+def test_agents_marks_unreadable_cards_and_lists_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sap_rl.rl.agent import AgentCard, QNetwork, save_agent
+
+    save_agent(tmp_path / "good", QNetwork(6), AgentCard(name="good", game="Pong",
+                                                         env_id="ALE/Pong-v5"))  # fmt: skip
+    bad = {"latin1": b'{"name": "caf\xe9"}', "broken": b'{"name": ', "list": b"[1, 2]",
+           "nogame": b'{"name": "x", "game": "NoSuchGame", "env_id": "x"}'}  # fmt: skip
+    for name, data in bad.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "card.json").write_bytes(data)
+    assert main(["agents", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    rows = {line.split()[0]: line for line in captured.out.splitlines()[1:]}
+    assert sorted(rows) == ["broken", "good", "latin1", "list", "nogame"]
+    assert "Pong" in rows["good"] and "unreadable" not in rows["good"]
+    assert "(unreadable card: " in rows["latin1"] and "not UTF-8" in rows["latin1"]
+    assert "not valid JSON" in rows["broken"]
+    assert "expected a mapping" in rows["list"]
+    assert "unknown game 'NoSuchGame'" in rows["nogame"]
+
+
 def test_help_is_fast_and_lists_train() -> None:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "sap_rl.cli", "train", "--help"],

@@ -277,3 +277,26 @@ def test_foreach_loops_train_bitwise_like_sb3s_per_tensor_loops(
     assert fast._n_updates == slow._n_updates == 20
     for a, b in zip(fast.policy.parameters(), slow.policy.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_learn_leaves_no_sb3_folder_in_the_temp_dir(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    verbose: int,
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where SB3's logger would go
+    env = make_vec_env("Pong", 1, seed=0, training=True)
+    model = DoubleDQN("CnnPolicy", env, buffer_size=64, learning_starts=10, device="cpu",
+                      seed=0, verbose=verbose)  # fmt: skip
+    model.learn(40)
+    model.learn(8, reset_num_timesteps=False)
+    env.close()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("SB3-")]
+    # verbose still decides whether SB3's training table reaches stdout
+    model.logger.record("probe", 7)
+    model.logger.dump(step=48)
+    assert ("probe" in capsys.readouterr().out) == (verbose == 1)
