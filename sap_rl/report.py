@@ -35,10 +35,12 @@ from sap_rl.io import atomic_path, atomic_write_json, atomic_write_text
 __all__ = [
     "REWARD_PANELS",
     "SummaryRow",
+    "markdown_table",
     "plot_accuracy",
     "plot_metric",
     "plot_metrics",
     "plot_relative_reward",
+    "read_summary",
     "read_summary_csv",
     "replot",
     "save_figure",
@@ -151,6 +153,17 @@ def write_summary(
         for r in rows
     ]
     atomic_write_json(out / "summary.json", payload)
+
+
+def read_summary(folder: str | os.PathLike[str]) -> list[SummaryRow]:
+    """The rows of ``folder/summary.csv``; :class:`UserError` if it is missing or unreadable."""
+    path = Path(folder) / "summary.csv"
+    if not path.is_file():
+        raise UserError(f"{folder}: no summary.csv; is it the --out folder of an evaluation?")
+    try:
+        return read_summary_csv(path)
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: unreadable summary ({err})") from None
 
 
 def read_summary_csv(path: str | os.PathLike[str]) -> list[SummaryRow]:
@@ -360,3 +373,46 @@ def _normalized_slope(rows: Sequence[SummaryRow]) -> float:
     if high.mean == low.mean:
         return math.nan
     return (high.normalized - low.normalized) / (high.mean - low.mean)
+
+
+def markdown_table(rows: Sequence[SummaryRow], *, digits: int = 0) -> str:
+    """A results table in Markdown: one row per (defense, attack), the mean at each eps.
+
+    The README's tables are this function's output for the committed ``summary.csv`` files
+    (``sap-rl report --markdown DIR``), and a test keeps them in step. Against the deterministic
+    ``dense`` defense an EOT attack is the plain attack, so its row is labelled
+    ``PGD-10 (= PGD-10-EOT)``, and an identical plain row beside it is left out.
+
+    Args:
+        rows: summary rows, as :func:`read_summary_csv` returns them.
+        digits: decimals of the means (0 for game scores, 3 for accuracies).
+
+    Example:
+        >>> rows = summarize([("dense", "fgsm", 0.0, 20.0), ("dense", "fgsm", 1.0, 9.5)])
+        >>> print(markdown_table(rows))
+        | defense | attack | clean | 1 |
+        |---|---|---:|---:|
+        | dense | FGSM | 20 | 10 |
+    """
+    eps_values = sorted({r.eps for r in rows if r.eps > 0})
+    means: dict[tuple[str, str], dict[float, float]] = {}
+    for r in rows:
+        means.setdefault((r.defense, r.attack), {})[r.eps] = r.mean
+    lines = [
+        "| defense | attack | clean | " + " | ".join(f"{e:g}" for e in eps_values) + " |",
+        "|---|---|---:|" + "---:|" * len(eps_values),
+    ]
+    for (defense, attack), by_eps in means.items():
+        label = attack.upper()
+        if defense == "dense" and attack.endswith("-eot"):
+            plain = attack.removesuffix("-eot")
+            if means.get((defense, plain)) == by_eps:
+                continue  # printed with the plain attack's row
+            label = f"{plain.upper()} (= {label})"
+        elif defense == "dense" and means.get((defense, f"{attack}-eot")) == by_eps:
+            label = f"{label} (= {label}-EOT)"
+        name = defense.upper() if defense.startswith("sap") else defense
+        cells = [by_eps.get(e, math.nan) for e in [0.0, *eps_values]]
+        text = ["" if math.isnan(v) else f"{v:.{digits}f}" for v in cells]
+        lines.append(f"| {name} | {label} | " + " | ".join(text) + " |")
+    return "\n".join(lines)

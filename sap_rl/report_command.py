@@ -14,6 +14,7 @@ _EXAMPLES = """\
 examples:
   sap-rl report results/rl/roadrunner-ddqn          # relative_reward.png from summary.csv/json
   sap-rl report results/rl/* results/vision/digits-*
+  sap-rl report --markdown results/rl/krull-ddqn    # the README's table, printed
 """
 
 
@@ -30,13 +31,23 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="an evaluation's --out folder")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print each folder's table of mean scores in Markdown instead of redrawing plots",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Redraw every folder's plot; a folder without summary files is a one-line error."""
-    from sap_rl.report import replot
+    from pathlib import Path
+
+    from sap_rl.report import markdown_table, read_summary, replot
 
     for folder in args.dirs:
-        print(f"wrote {replot(folder)}")
+        if args.markdown:
+            print(markdown_table(read_summary(Path(folder))))
+        else:
+            print(f"wrote {replot(folder)}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from sap_rl.report import (
     REWARD_PANELS,
     _normalized_slope,
     _scaled_sem,
+    markdown_table,
     plot_metric,
     plot_metrics,
+    read_summary,
     read_summary_csv,
     replot,
     summarize,
@@ -175,3 +178,26 @@ def test_sap_rl_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'relative_reward.png'}"
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no summary.csv" in capsys.readouterr().err
+
+
+def test_readme_tables_are_the_report_command_output() -> None:
+    """Every README table marked with a ``sap-rl report --markdown DIR`` comment is that output."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(
+        r"<!-- sap-rl report --markdown (\S+) -->\n(.*?)\n<!-- /report -->", readme, re.S
+    )
+    assert len(blocks) >= 4  # the main job and the three study agents
+    for folder, table in blocks:
+        expected = markdown_table(read_summary(root / folder))
+        assert table == expected, f"README table for {folder} is stale: rerun the command"
+
+
+def test_report_markdown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from sap_rl.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["report", "--markdown", str(root / "results/rl/krull-ddqn")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| defense | attack | clean | 0.5 | 1 | 2 | 4 | 8 |\n")
+    assert "| SAP-50 | PGD-10-EOT | 3203 | 4013 | 3424 | 3509 | 3456 | 3315 |" in out
