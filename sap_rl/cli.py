@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if args.log_level != "ERROR":
+        # Long phases (30 whole games) report each game: a bar on a terminal, else these lines.
+        logging.getLogger("sap_rl.progress").setLevel(logging.INFO)
     keep_freed_memory()
     handler: Handler = args.func
     try:

@@ -170,8 +170,20 @@ def save_tensors(
         save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
 
 
-def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a safetensors file onto the CPU; never unpickles. Bad files raise :class:`UserError`."""
+#: What to tell a user whose checkpoint file is not safetensors (a pickle, say, or damaged).
+UNTRUSTED_CHECKPOINT = (
+    "not loaded: checkpoints are trusted only as safetensors and JSON, never as pickles; "
+    "delete the checkpoint folder to start over"
+)
+
+
+def load_tensors(
+    path: str | os.PathLike[str], *, hint: str = "re-export or re-download it"
+) -> dict[str, torch.Tensor]:
+    """Load a safetensors file onto the CPU; never unpickles. Bad files raise :class:`UserError`.
+
+    ``hint`` ends the error message: what the user can do about a file that is not safetensors.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -181,9 +193,7 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(
-            f"{path}: not a valid safetensors file ({err}); re-export or re-download it"
-        ) from None
+        raise UserError(f"{path}: not a valid safetensors file ({err}); {hint}") from None
 
 
 def _json_default(obj: Any) -> Any:
@@ -237,7 +247,7 @@ def load_optimizer(path: str | os.PathLike[str], optimizer: torch.optim.Optimize
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    tensors = load_tensors(path)
+    tensors = load_tensors(path, hint=UNTRUSTED_CHECKPOINT)
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = json.loads((handle.metadata() or {})["optimizer"])

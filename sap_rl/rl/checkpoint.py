@@ -31,6 +31,7 @@ from stable_baselines3 import DQN
 
 from sap_rl.errors import UserError
 from sap_rl.io import (
+    UNTRUSTED_CHECKPOINT,
     atomic_write_json,
     load_optimizer,
     load_tensors,
@@ -135,7 +136,7 @@ def restore_checkpoint(model: DQN, out: Path, state: RunState) -> None:
     """
     folder = out / CHECKPOINT_DIR
     try:
-        model.policy.load_state_dict(load_tensors(folder / POLICY_FILE))
+        model.policy.load_state_dict(load_tensors(folder / POLICY_FILE, hint=UNTRUSTED_CHECKPOINT))
     except RuntimeError as err:
         raise UserError(
             f"{folder / POLICY_FILE}: weights do not fit the configured network "

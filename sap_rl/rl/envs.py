@@ -86,6 +86,8 @@ if TYPE_CHECKING:
     from stable_baselines3.common.vec_env import VecEnv
 
 logger = logging.getLogger(__name__)
+#: Per-game progress lines; the command line shows them at its default log level (sap_rl.cli).
+progress_logger = logging.getLogger("sap_rl.progress")
 
 FRAME_STACK = 4
 SCREEN_SIZE = 84
@@ -504,7 +506,8 @@ def game_progress(
 
     Whole games of a good agent last minutes, so a phase of 30 games is reported game by game:
     with ``bar`` and stderr a terminal, a tqdm bar over games; otherwise one INFO log line per
-    finished game (shown with ``sap-rl --log-level INFO``), which suits log files.
+    finished game on the ``sap_rl.progress`` logger, which the command line shows unless
+    ``--log-level ERROR`` is given: that suits log files.
 
     Args:
         total: games the phase will play.
@@ -539,7 +542,7 @@ def game_progress(
         nonlocal count
         count += 1
         capped = " (hit the length cap)" if game.truncated else ""
-        logger.info("%s: game %d/%d scored %g in %d steps%s",
+        progress_logger.info("%s: game %d/%d scored %g in %d steps%s",
                     label, count, total, game.reward, game.length, capped)  # fmt: skip
 
     yield log

@@ -46,6 +46,7 @@ from sap_rl.config import from_dict, load_yaml, save_config, to_dict
 from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import (
+    UNTRUSTED_CHECKPOINT,
     atomic_write_json,
     check_out_dir,
     load_optimizer,
@@ -368,7 +369,9 @@ def _load_checkpoint(
 ) -> int:
     folder = out / CHECKPOINT_DIR
     try:
-        model.load_state_dict(load_tensors(folder / str(state["weights"])))
+        model.load_state_dict(
+            load_tensors(folder / str(state["weights"]), hint=UNTRUSTED_CHECKPOINT)
+        )
         load_optimizer(folder / str(state["optimizer"]), optimizer)
     except (KeyError, RuntimeError, OSError, ValueError) as err:
         raise UserError(

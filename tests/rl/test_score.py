@@ -65,7 +65,7 @@ def test_score_writes_only_with_write_and_fewer_games_only_with_force(
 ) -> None:
     card_path = agent_copy / "card.json"
     original = card_path.read_bytes()  # a score over 2 games
-    caplog.set_level(logging.INFO, logger="sap_rl.rl.envs")
+    logging.getLogger("sap_rl.progress").setLevel(logging.NOTSET)  # as in a fresh process
     # no --write: the scores and what would change are printed, the card is untouched
     assert main(["score", str(agent_copy), "--episodes", "1"]) == 0
     out = capsys.readouterr().out
@@ -73,7 +73,8 @@ def test_score_writes_only_with_write_and_fewer_games_only_with_force(
     assert f"{card_path} not written; with --write it would change:" in out
     assert "  clean_score.episodes: 2 -> 1" in out
     assert "--write needs --force to replace it" in out
-    # without a terminal, one log line per finished game (agent, then random policy)
+    # without a terminal, one log line per finished game (agent, then random policy), shown at
+    # the command line's default log level
     games = [r.getMessage() for r in caplog.records if ": game " in r.getMessage()]
     name = read_card(agent_copy).name
     assert len(games) == 2 and games[0].startswith(f"{name}: agent: game 1/1 scored ")
