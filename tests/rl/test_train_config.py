@@ -121,7 +121,7 @@ def test_flat_config_file_and_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"mine\.yaml: unknown config key 'dqn\.n_step'"):
         load_train_config(path, game="Pong")
     with pytest.raises(
-        UserError, match=r"config file not found.*presets: ddqn, ddqn_cpu, ddqn_gpu"
+        UserError, match=r"config file not found.*presets: ddqn, ddqn_cpu, ddqn_cpu_long, ddqn_gpu"
     ):
         load_train_config(tmp_path / "missing.yaml", game="Pong")
     with pytest.raises(UserError, match="config file not found"):
