@@ -1,32 +1,20 @@
-"""Gradient attacks in pixel units, model-agnostic, with expectation over a stochastic defense.
-
-A *model* maps a float batch in pixel units [0, 255] to logits (classifiers) or Q-values (agents).
-``eps`` and step sizes are in pixel units (``eps=1`` is one grey level); outputs are clipped to
-[0, 255] and to the L-inf ball of radius ``eps`` around the clean input.
+"""Gradient attacks in pixel units: FGSM and PGD, with cross-entropy or margin loss and restarts.
 
 - :func:`fgsm` — Goodfellow et al. 2015: ``x + eps * sign(grad_x CE(model(x), y))``.
 - :func:`pgd` — projected gradient descent / basic iterative method (Kurakin et al. 2017, Madry
-  et al. 2018), optional random start.
+  et al. 2018), optional random start, cross-entropy or Carlini-Wagner margin loss
+  (``loss="cw"``), and random restarts that keep each example's best run.
 - :func:`fgsm_ll`, :func:`pgd_ll` — Kurakin et al.'s "step l.l." and "iter l.l.": descend the
   loss of the least-likely class.
+- :func:`input_gradient`, :func:`predict`, :func:`eval_mode` — the pieces they share.
 
-``target=None`` uses the model's own prediction on the clean input (for a Q-network its greedy
-action, as Huang et al. 2017 did), which avoids label leaking. ``samples=k`` averages the gradient
-over ``k`` stochastic forward passes — expectation over transformation (EOT), the adaptive attack
-with which Athalye et al. 2018 broke SAP. The ``k`` copies of the batch go through the model as
-one batch, so every copy gets its own SAP draw.
-
-Attacks run the model in eval mode (so batch-norm statistics are not updated) and restore every
-module's train/eval flag afterwards. Stochastic defense layers
-(:class:`sap_rl.sap.StochasticModule`) stay active unless ``stochastic=False``, which attacks the
-deterministic (dense) network instead.
-No parameter gradients are accumulated.
+See :mod:`sap_rl.attacks` for the conventions (pixel units, labels, EOT, model modes).
 
 Example:
     >>> import torch
     >>> from torch import nn
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
-    >>> x = torch.rand(2, 1, 4, 4) * 255
+    >>> x = torch.randint(0, 256, (2, 1, 4, 4)).float()
     >>> x_adv = fgsm(model, x, eps=4.0)
     >>> bool((x_adv - x).abs().max() <= 4.0) and bool(x_adv.min() >= 0) and bool(x_adv.max() <= 255)
     True
@@ -35,28 +23,24 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sap_rl.errors import UserError
 from sap_rl.sap import deterministic, forward_copies, mc_average, stochastic_modules
 
 __all__ = [
-    "ATTACK_NAMES_HELP",
-    "MAX_ATTACK_STEPS",
-    "MAX_EOT_SAMPLES",
-    "AttackSpec",
-    "check_eot_samples",
+    "GRADIENT_LOSSES",
+    "PIXEL_MAX",
+    "PIXEL_MIN",
     "eval_mode",
     "fgsm",
     "fgsm_ll",
     "input_gradient",
-    "parse_attack",
+    "margin_loss",
     "pgd",
     "pgd_ll",
     "predict",
@@ -66,6 +50,9 @@ PIXEL_MIN = 0.0
 PIXEL_MAX = 255.0
 
 Eps = float | torch.Tensor
+GradientLoss = Literal["ce", "cw"]
+#: Losses :func:`pgd` can ascend: cross-entropy, and Carlini and Wagner's margin.
+GRADIENT_LOSSES: tuple[GradientLoss, ...] = ("ce", "cw")
 
 
 @contextlib.contextmanager
@@ -112,6 +99,32 @@ def _mean_output(
     return mc_average(model, x, samples, max_batch=max_batch).reshape(x.shape[0], -1)
 
 
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Carlini and Wagner's margin ``max_{j != y} z_j - z_y`` per example (shape (B,)).
+
+    Positive exactly where the model's top class is not ``y``; unlike cross-entropy it does not
+    saturate once the label's probability is small, so ascending it keeps pushing the runner-up
+    class up rather than the label's softmax down (Carlini and Wagner 2017, their f6 without the
+    confidence cap).
+
+    Example:
+        >>> margin_loss(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0])).tolist()
+        [-1.0]
+    """
+    if logits.shape[-1] < 2:
+        raise ValueError("the margin (cw) loss needs at least 2 classes")
+    z = logits.float()
+    own = z.gather(1, labels[:, None]).squeeze(1)
+    others = z.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    return others - own
+
+
+def _per_example_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+    if loss == "cw":
+        return margin_loss(logits, labels)
+    return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
 def input_gradient(
     model: nn.Module,
     x: torch.Tensor,
@@ -119,18 +132,22 @@ def input_gradient(
     *,
     samples: int = 1,
     max_batch: int | None = None,
+    loss: GradientLoss = "ce",
 ) -> torch.Tensor:
-    """Gradient w.r.t. ``x`` of the cross-entropy ``CE(model(x), labels)``, averaged over samples.
+    """Gradient w.r.t. ``x`` of the loss ``loss(model(x), labels)``, averaged over samples.
 
-    The loss is summed over the batch (each example's gradient is its own loss's gradient) and
-    averaged over ``samples`` stochastic passes, computed in chunks of at most ``max_batch`` rows
-    (default: all ``samples * B`` rows in one pass).
+    ``loss`` is ``"ce"`` (cross-entropy) or ``"cw"`` (:func:`margin_loss`). The loss is summed
+    over the batch (each example's gradient is its own loss's gradient) and averaged over
+    ``samples`` stochastic passes, computed in chunks of at most ``max_batch`` rows (default: all
+    ``samples * B`` rows in one pass).
 
     Example:
         >>> g = input_gradient(nn.Linear(3, 2), torch.ones(4, 3), torch.zeros(4, dtype=torch.long))
         >>> g.shape
         torch.Size([4, 3])
     """
+    if loss not in GRADIENT_LOSSES:
+        raise ValueError(f"loss must be one of {GRADIENT_LOSSES}, got {loss!r}")
     batch = x.shape[0]
     per_chunk = samples if max_batch is None else max(1, max_batch // max(batch, 1))
     grad = torch.zeros_like(x)
@@ -139,12 +156,41 @@ def input_gradient(
         n = min(per_chunk, samples - done)
         xs = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = forward_copies(model, xs, n)
-            loss = F.cross_entropy(logits.float(), labels.repeat(n), reduction="sum")
-            (part,) = torch.autograd.grad(loss, xs)
+            logits = forward_copies(model, xs, n).reshape(n * batch, -1)
+            if loss == "cw":
+                total = margin_loss(logits, labels.repeat(n)).sum()
+            else:
+                total = F.cross_entropy(logits.float(), labels.repeat(n), reduction="sum")
+            (part,) = torch.autograd.grad(total, xs)
         grad += part
         done += n
     return grad / samples
+
+
+def _mean_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    samples: int,
+    max_batch: int | None,
+    loss: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example loss averaged over ``samples`` passes, and the mean output's top class."""
+    batch = x.shape[0]
+    per_chunk = samples if max_batch is None else max(1, max_batch // max(batch, 1))
+    total = torch.zeros(batch, device=x.device)
+    scores: torch.Tensor | None = None
+    done = 0
+    with torch.no_grad():
+        while done < samples:
+            n = min(per_chunk, samples - done)
+            logits = forward_copies(model, x, n).reshape(n * batch, -1)
+            total += _per_example_loss(logits, labels.repeat(n), loss).reshape(n, batch).sum(0)
+            part = logits.float().reshape(n, batch, -1).sum(0)
+            scores = part if scores is None else scores + part
+            done += n
+    assert scores is not None
+    return total / samples, scores.argmax(dim=1)
 
 
 def _validate(x: torch.Tensor, eps: Eps, samples: int) -> torch.Tensor:
@@ -253,23 +299,52 @@ def _iterative_attack(
     max_batch: int | None,
     least_likely: bool,
     stochastic: bool,
+    loss: GradientLoss = "ce",
+    restarts: int = 1,
 ) -> torch.Tensor:
     eps_t = _validate(x, eps, samples)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+    if restarts > 1 and not random_start:
+        raise ValueError("restarts > 1 need random_start=True (otherwise every run is the same)")
+    if loss not in GRADIENT_LOSSES:
+        raise ValueError(f"loss must be one of {GRADIENT_LOSSES}, got {loss!r}")
     alpha = 2.5 * eps_t / steps if step_size is None else _validate(x, step_size, 1)
     with eval_mode(model, stochastic=stochastic):
         samples = _draws_needed(model, samples)
         labels = _labels(model, x, target, samples, max_batch, least_likely)
-        x_adv = x.detach().clone()
-        if random_start:
-            noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu")
-            x_adv = _project(x_adv + (2 * noise.to(x.device) - 1) * eps_t, x, eps_t)
-        for _ in range(steps):
-            grad = input_gradient(model, x_adv, labels, samples=samples, max_batch=max_batch)
-            direction = -grad.sign() if least_likely else grad.sign()
-            x_adv = _project(x_adv + alpha * direction, x, eps_t)
-    return x_adv.detach()
+        best = x.detach().clone()
+        best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        for restart in range(restarts):
+            x_adv = x.detach().clone()
+            if random_start:
+                noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu")
+                x_adv = _project(x_adv + (2 * noise.to(x.device) - 1) * eps_t, x, eps_t)
+            for _ in range(steps):
+                grad = input_gradient(
+                    model, x_adv, labels, samples=samples, max_batch=max_batch, loss=loss
+                )
+                direction = -grad.sign() if least_likely else grad.sign()
+                x_adv = _project(x_adv + alpha * direction, x, eps_t)
+            if restarts == 1:
+                return x_adv.detach()
+            # Keep, per example, the run that fools the model, else the one with the highest loss
+            # (for l.l., the lowest loss of the least-likely class); the first run wins ties, so
+            # restarts never return a worse point than the first run alone.
+            value, top = _mean_loss(model, x_adv, labels, samples, max_batch, loss)
+            fooled = top == labels if least_likely else top != labels
+            if least_likely:
+                value = -value
+            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (value > best_loss))
+            if restart == 0:
+                better = torch.ones_like(better)
+            best[better] = x_adv[better]
+            best_fooled = torch.where(better, fooled, best_fooled)
+            best_loss = torch.where(better, value, best_loss)
+    return best.detach()
 
 
 def fgsm(
@@ -299,7 +374,8 @@ def fgsm(
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
-        >>> fgsm(net, torch.full((1, 1, 2, 2), 100.0), eps=2.0).sub(100).abs().max().item()
+        >>> x = torch.full((1, 1, 2, 2), 3.0)  # small inputs: the softmax is not saturated
+        >>> fgsm(net, x, eps=2.0).sub(x).abs().max().item()
         2.0
     """
     return _step_attack(
@@ -345,24 +421,39 @@ def pgd(
     generator: torch.Generator | None = None,
     max_batch: int | None = None,
     stochastic: bool = True,
+    loss: GradientLoss = "ce",
+    restarts: int = 1,
 ) -> torch.Tensor:
     """Projected gradient descent (basic iterative method) in the L-inf ball of radius ``eps``.
 
     Each of ``steps`` iterations moves by ``step_size`` (default ``2.5 * eps / steps``, Madry et
-    al.) along the gradient sign and projects back onto the ball and [0, 255]. ``random_start``
-    begins from a uniform point of the ball drawn with ``generator``. Other arguments as
-    :func:`fgsm`; the labels are fixed once from the clean input.
+    al.) along the gradient sign of ``loss`` and projects back onto the ball and [0, 255].
+    ``random_start`` begins from a uniform point of the ball drawn with ``generator``. Other
+    arguments as :func:`fgsm`; the labels are fixed once from the clean input.
+
+    Args:
+        loss: ``"ce"`` (cross-entropy) or ``"cw"`` (Carlini and Wagner's margin,
+            :func:`margin_loss`).
+        restarts: independent runs from fresh random starts (drawn in turn from ``generator``;
+            needs ``random_start``). Each example keeps the run that fools the model (top class of
+            the mean output over ``samples`` passes is not its label), else the run with the
+            highest loss; the first run wins ties. The first run is the one ``restarts=1`` makes
+            with the same generator state, so restarts are never worse per example. Every run
+            after the first adds ``steps`` gradients and one loss evaluation.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
         >>> x = torch.full((3, 1, 2, 2), 50.0)
         >>> bool((pgd(net, x, 8.0, steps=5) - x).abs().max() <= 8.0)
         True
+        >>> x_adv = pgd(net, x, 8.0, steps=5, loss="cw", restarts=3)
+        >>> bool((x_adv - x).abs().max() <= 8.0)
+        True
     """
     return _iterative_attack(
         model, x, eps, steps=steps, step_size=step_size, random_start=random_start,
         target=target, samples=samples, generator=generator, max_batch=max_batch,
-        least_likely=False, stochastic=stochastic,
+        least_likely=False, stochastic=stochastic, loss=loss, restarts=restarts,
     )  # fmt: skip
 
 
@@ -378,11 +469,14 @@ def pgd_ll(
     generator: torch.Generator | None = None,
     max_batch: int | None = None,
     stochastic: bool = True,
+    restarts: int = 1,
 ) -> torch.Tensor:
     """Kurakin et al.'s "iter l.l.": iterated descent on the least-likely class's loss.
 
     Kurakin et al. used ``step_size=1`` and ``steps=min(eps + 4, 1.25 * eps)``; the default step is
-    ``2.5 * eps / steps`` like :func:`pgd`.
+    ``2.5 * eps / steps`` like :func:`pgd`. ``restarts`` as in :func:`pgd` (needs
+    ``random_start=True``); a run is better when the top class is the least-likely class, else
+    when that class's cross-entropy is lower.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -393,118 +487,5 @@ def pgd_ll(
     return _iterative_attack(
         model, x, eps, steps=steps, step_size=step_size, random_start=random_start,
         target=None, samples=samples, generator=generator, max_batch=max_batch,
-        least_likely=True, stochastic=stochastic,
+        least_likely=True, stochastic=stochastic, restarts=restarts,
     )  # fmt: skip
-
-
-#: Most PGD steps an attack name may ask for. The literature uses 10 to 100; a name like
-#: ``pgd-1000000`` is a typo that would run for days (every step is a forward and backward pass
-#: per agent step or image), so it is refused up front.
-MAX_ATTACK_STEPS = 1000
-#: Most stochastic passes one ``-eot`` gradient may average (``eot_samples``), for the same reason.
-MAX_EOT_SAMPLES = 1000
-
-ATTACK_NAMES_HELP = (
-    f"fgsm, fgsm-ll, pgd-<steps> (1 to {MAX_ATTACK_STEPS}), pgd-<steps>-ll, and each with an "
-    "-eot suffix (gradient averaged over the defense's randomness), e.g. fgsm-eot, pgd-10-eot"
-)
-_ATTACK_RE = re.compile(r"^(?P<kind>fgsm|pgd-(?P<steps>\d+))(?P<ll>-ll)?(?P<eot>-eot)?$")
-
-
-def check_eot_samples(value: int, name: str = "eot-samples") -> int:
-    """``value`` if it is a valid number of draws per EOT gradient (1 to :data:`MAX_EOT_SAMPLES`).
-
-    Raises:
-        UserError: not an integer, below 1 or above the bound (the message names it).
-
-    Example:
-        >>> check_eot_samples(16)
-        16
-        >>> check_eot_samples(5000)
-        Traceback (most recent call last):
-        ...
-        sap_rl.errors.UserError: eot-samples must be an integer from 1 to 1000, got 5000
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EOT_SAMPLES:
-        raise UserError(f"{name} must be an integer from 1 to {MAX_EOT_SAMPLES}, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """A parsed attack name (see :func:`parse_attack`); :meth:`run` applies it to a batch."""
-
-    name: str
-    kind: str
-    steps: int = 1
-    least_likely: bool = False
-    eot: bool = False
-
-    def run(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        eps: Eps,
-        *,
-        target: torch.Tensor | None = None,
-        eot_samples: int = 16,
-        generator: torch.Generator | None = None,
-        max_batch: int | None = None,
-    ) -> torch.Tensor:
-        """Attack ``x`` with budget ``eps``; an all-zero budget returns ``x`` without a model call.
-
-        ``eot_samples`` is used only by ``-eot`` attacks.
-        """
-        if isinstance(eps, (int, float)) and eps == 0:
-            _validate(x, eps, 1)
-            return x.detach().clone()
-        samples = eot_samples if self.eot else 1
-        if self.kind == "fgsm":
-            if self.least_likely:
-                return fgsm_ll(model, x, eps, samples=samples, max_batch=max_batch)
-            return fgsm(model, x, eps, target=target, samples=samples, max_batch=max_batch)
-        if self.least_likely:
-            return pgd_ll(
-                model, x, eps, steps=self.steps, samples=samples, generator=generator,
-                max_batch=max_batch,
-            )  # fmt: skip
-        return pgd(
-            model, x, eps, steps=self.steps, target=target, samples=samples,
-            generator=generator, max_batch=max_batch,
-        )  # fmt: skip
-
-
-def parse_attack(name: str) -> AttackSpec:
-    """Parse an attack name such as ``fgsm``, ``fgsm-eot``, ``pgd-10`` or ``pgd-10-ll-eot``.
-
-    Raises:
-        UserError: for an unknown name (the message lists the valid forms), or more than
-            :data:`MAX_ATTACK_STEPS` steps.
-
-    Example:
-        >>> parse_attack("pgd-10-eot")
-        AttackSpec(name='pgd-10-eot', kind='pgd', steps=10, least_likely=False, eot=True)
-        >>> parse_attack("pgd-1000000")
-        Traceback (most recent call last):
-        ...
-        sap_rl.errors.UserError: attack 'pgd-1000000': at most 1000 PGD steps (pgd-1 to pgd-1000)
-    """
-    match = _ATTACK_RE.match(name.strip().lower())
-    if match is None or (match["steps"] is not None and not match["steps"].strip("0")):  # pgd-0
-        raise UserError(f"unknown attack {name!r}; valid attacks: {ATTACK_NAMES_HELP}")
-    digits = (match["steps"] or "1").lstrip("0")
-    # Compare the digits before int(): Python refuses to convert thousands of them.
-    if len(digits) > len(str(MAX_ATTACK_STEPS)) or int(digits) > MAX_ATTACK_STEPS:
-        shown = name.strip() if len(name.strip()) <= 40 else name.strip()[:37] + "..."
-        raise UserError(
-            f"attack {shown!r}: at most {MAX_ATTACK_STEPS} PGD steps "
-            f"(pgd-1 to pgd-{MAX_ATTACK_STEPS})"
-        )
-    steps = int(digits)
-    return AttackSpec(
-        name=match.group(0),
-        kind="fgsm" if match["kind"] == "fgsm" else "pgd",
-        steps=steps,
-        least_likely=match["ll"] is not None,
-        eot=match["eot"] is not None,
-    )
