@@ -1,4 +1,5 @@
-"""Adversarial training steps: the SAP paper's ADV model and Kurakin et al.'s Algorithm 1.
+"""Adversarial training steps: the SAP paper's ADV model, Kurakin et al.'s Algorithm 1, and the
+standard robust objectives (PGD-AT, TRADES, MART).
 
 - ``paper`` (Dhillon et al. 2018, "ADV"): every minibatch is 80% clean examples and 20% FGSM
   examples (eps = 2 pixel levels) made with the model as it was at the end of the *previous*
@@ -9,6 +10,11 @@
   N(0, sigma = 8) truncated to [0, 16]; the loss is
   ``(sum of clean losses + lambda * sum of adversarial losses) / ((m - k) + lambda * k)``
   with lambda = 0.3. See :func:`kurakin_loss`.
+- ``pgd`` (Madry et al. 2018), ``trades`` (Zhang et al. 2019, beta = 6) and ``mart`` (Wang et
+  al. 2020, beta = 5): every example is replaced by (``pgd``, ``mart``) or paired with
+  (``trades``) a PGD example made with the current model, eps 8 and step 2 pixel levels by
+  default. One implementation serves these modes and HARP pruning:
+  :func:`sap_rl.pruning.objectives.adversarial_loss`, re-exported here.
 
 Example:
     >>> g = torch.Generator().manual_seed(0)
@@ -25,7 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["kurakin_loss", "mixed_loss", "paper_batch", "truncated_normal_eps"]
+from sap_rl.pruning.objectives import OBJECTIVES, adversarial_loss
+
+__all__ = [
+    "OBJECTIVES",
+    "adversarial_loss",
+    "kurakin_loss",
+    "mixed_loss",
+    "paper_batch",
+    "truncated_normal_eps",
+]
 
 
 def truncated_normal_eps(

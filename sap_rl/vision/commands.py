@@ -79,8 +79,9 @@ def _add_train(sub: Any) -> None:
     )
     p.add_argument(
         "--adversarial",
-        choices=["none", "paper", "kurakin"],
-        help="adversarial training (overrides the config's adversarial.mode)",
+        choices=["none", "paper", "kurakin", "pgd", "trades", "mart"],
+        help="adversarial training (overrides the config's adversarial.mode): paper, kurakin, "
+        "pgd (Madry et al.), trades, mart",
     )
     p.add_argument(
         "--epochs",

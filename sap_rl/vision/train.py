@@ -7,7 +7,8 @@ The run, top to bottom (:func:`train`):
 3. resume from the last checkpoint if one exists;
 4. for each epoch: set the learning rate from the schedule, shuffle and augment with a generator
    seeded by ``(seed, epoch)`` (so a resumed run draws what the uninterrupted run would have),
-   build each minibatch (clean, ``paper`` or ``kurakin`` adversarial training), step, measure
+   build each minibatch (clean, or ``paper``, ``kurakin``, ``pgd``, ``trades`` or ``mart``
+   adversarial training), step, measure
    test accuracy, append a row to ``history.csv`` and save a checkpoint;
 5. save ``model.safetensors`` + ``card.json`` (:func:`sap_rl.vision.models.save_model`).
 
@@ -56,7 +57,7 @@ from sap_rl.io import (
     save_tensors,
 )
 from sap_rl.lock import output_lock
-from sap_rl.vision.adversarial import kurakin_loss, paper_batch
+from sap_rl.vision.adversarial import OBJECTIVES, adversarial_loss, kurakin_loss, paper_batch
 from sap_rl.vision.data import ImageDataset, augment, iterate_batches, load_dataset
 from sap_rl.vision.models import ModelCard, build_model, save_model
 from sap_rl.vision.train_config import TrainConfig
@@ -276,6 +277,11 @@ def _train_epoch(
                 model, xb, yb, per_batch=adv.per_batch, loss_weight=adv.loss_weight,
                 eps_sigma=adv.eps_sigma, eps_max=adv.eps_max, attack=adv.attack,
                 generator=generator,
+            )  # fmt: skip
+        elif adv.mode in OBJECTIVES:
+            loss, logits = adversarial_loss(
+                adv.mode, model, xb, yb, eps=adv.pgd_eps, steps=adv.pgd_steps,
+                step_size=adv.pgd_step_size, beta=adv.beta, generator=generator,
             )  # fmt: skip
         else:
             if previous is not None:

@@ -17,7 +17,7 @@ from sap_rl.errors import UserError
 
 __all__ = ["PRESETS", "AdversarialConfig", "LRStage", "TrainConfig", "default_config", "from_dict"]
 
-AdversarialMode = Literal["none", "paper", "kurakin"]
+AdversarialMode = Literal["none", "paper", "kurakin", "pgd", "trades", "mart"]
 
 
 @dataclass
@@ -40,8 +40,9 @@ class AdversarialConfig:
 
     Attributes:
         mode: ``none``; ``paper`` (the SAP paper's ADV model: each minibatch is ``fraction`` FGSM
-            examples made with the previous epoch's model, the rest clean); or ``kurakin``
-            (Kurakin et al. 2017, Algorithm 1).
+            examples made with the previous epoch's model, the rest clean); ``kurakin``
+            (Kurakin et al. 2017, Algorithm 1); ``pgd`` (Madry et al. 2018); ``trades`` (Zhang
+            et al. 2019) or ``mart`` (Wang et al. 2020).
         fraction: ``paper``: share of each minibatch replaced by adversarial examples (0.2).
         eps: ``paper``: FGSM budget (2 pixel levels).
         labels: ``paper``: FGSM moves away from the true ``label`` or from the model's
@@ -52,6 +53,15 @@ class AdversarialConfig:
         eps_sigma: ``kurakin``: sigma of the normal distribution eps is drawn from (8).
         eps_max: ``kurakin``: eps is truncated to [0, eps_max] (16).
         attack: ``kurakin``: ``fgsm-ll`` (step l.l., avoids label leaking) or ``fgsm``.
+        pgd_eps: ``pgd``, ``trades``, ``mart``: the inner attack's budget (8 pixel levels, i.e.
+            the usual 8/255 on [0, 1] images).
+        pgd_steps: ``pgd``, ``trades``, ``mart``: iterations of the inner attack (10).
+        pgd_step_size: ``pgd``, ``trades``, ``mart``: its step (2 pixel levels).
+        beta: ``trades``, ``mart``: weight of the robustness term; ``null`` is the paper's (TRADES
+            6, MART 5).
+
+    ``pgd`` is Madry et al.'s PGD adversarial training, ``trades`` Zhang et al.'s and ``mart``
+    Wang et al.'s objective (:mod:`sap_rl.pruning.objectives`, shared with HARP pruning).
     """
 
     mode: AdversarialMode = "none"
@@ -63,6 +73,10 @@ class AdversarialConfig:
     eps_sigma: float = 8.0
     eps_max: float = 16.0
     attack: Literal["fgsm-ll", "fgsm"] = "fgsm-ll"
+    pgd_eps: float = 8.0
+    pgd_steps: int = 10
+    pgd_step_size: float = 2.0
+    beta: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction <= 1.0:
@@ -73,6 +87,12 @@ class AdversarialConfig:
             raise ValueError(f"adversarial.per_batch must be >= 0, got {self.per_batch}")
         if self.loss_weight < 0:
             raise ValueError(f"adversarial.loss_weight must be >= 0, got {self.loss_weight}")
+        if self.pgd_eps < 0 or self.pgd_step_size < 0:
+            raise ValueError("adversarial.pgd_eps and pgd_step_size must be >= 0")
+        if not 1 <= self.pgd_steps <= 1000:
+            raise ValueError(f"adversarial.pgd_steps must be in 1..1000, got {self.pgd_steps}")
+        if self.beta is not None and self.beta < 0:
+            raise ValueError(f"adversarial.beta must be >= 0, got {self.beta}")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Training: configs, schedules, adversarial batches (paper, Kurakin et al.), resume."""
+"""Training: configs, schedules, adversarial batches (paper, Kurakin et al., PGD-AT, TRADES,
+MART), resume."""
 
 from __future__ import annotations
 
@@ -194,3 +195,18 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
 def test_paper_mode_trains(tmp_path: Path) -> None:
     card = train(_tiny(1, mode="paper"), tmp_path, quiet=True)
     assert card.adversarial == "paper" and card.training["adversarial"]["mode"] == "paper"
+
+
+@pytest.mark.usefixtures("small_digits")
+@pytest.mark.parametrize("mode", ["pgd", "trades", "mart"])
+def test_robust_modes_train(tmp_path: Path, mode: str) -> None:
+    card = train(_tiny(1, mode=mode, pgd_steps=2, pgd_step_size=4.0), tmp_path, quiet=True)
+    assert card.adversarial == mode and card.training["adversarial"]["pgd_eps"] == 8.0
+    assert 0.0 <= card.clean_accuracy <= 1.0
+
+
+def test_robust_mode_settings_are_validated() -> None:
+    with pytest.raises(UserError, match="pgd_steps"):
+        _tiny(1, mode="pgd", pgd_steps=0)
+    with pytest.raises(UserError, match="beta"):
+        _tiny(1, mode="trades", beta=-1.0)
