@@ -4,7 +4,8 @@ A checkpoint folder holds::
 
     policy.safetensors      online and target Q-network weights (SB3 policy ``state_dict``)
     optimizer.safetensors   Adam state (tensors) + parameter groups (JSON metadata)
-    replay.npz              the replay buffer (plain arrays, read with ``allow_pickle=False``)
+    replay.npz              the replay buffer (compressed plain arrays, read with
+                            ``allow_pickle=False``; the older whole-stack layout converts on load)
     state.json              step counters, exploration state, evaluation history; written last
 
 The model itself is rebuilt from the run's resolved ``config.yaml`` and only then receives these
@@ -40,6 +41,7 @@ from sap_rl.io import (
     save_tensors,
 )
 from sap_rl.rl.dqn import FrameStackNStepReplayBuffer, FrameStackReplayBuffer
+from sap_rl.rl.replay import FrameReplayBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ REPLAY_FILE = "replay.npz"
 STATE_FILE = "state.json"
 FORMAT = 2  # 1 was SB3's pickled model.zip
 LEGACY_FILE = "model.zip"
+# Replay buffers that save themselves (plain numpy; SB3's own ones would need a pickle).
+_SAVED_BUFFERS = (FrameReplayBuffer, FrameStackReplayBuffer, FrameStackNStepReplayBuffer)
 
 # SB3 attributes that, with the weights, optimizer and replay buffer, make a resumed run continue
 # where it stopped: step and update counters, the target-update phase, exploration and logging.
@@ -81,7 +85,7 @@ def save_checkpoint(model: DQN, out: Path, state: RunState, wall_time_s: float) 
     save_tensors(folder / POLICY_FILE, model.policy.state_dict())
     save_optimizer(folder / OPTIMIZER_FILE, model.policy.optimizer)
     buffer = model.replay_buffer
-    if isinstance(buffer, (FrameStackReplayBuffer, FrameStackNStepReplayBuffer)):
+    if isinstance(buffer, _SAVED_BUFFERS):
         buffer.save_npz(folder / REPLAY_FILE)
     state.timesteps = int(model.num_timesteps)
     state.wall_time_s = wall_time_s
@@ -156,7 +160,7 @@ def restore_checkpoint(model: DQN, out: Path, state: RunState) -> None:
     model.ep_success_buffer = collections.deque(maxlen=model._stats_window_size)
     replay = folder / REPLAY_FILE
     buffer = model.replay_buffer
-    if isinstance(buffer, (FrameStackReplayBuffer, FrameStackNStepReplayBuffer)):
+    if isinstance(buffer, _SAVED_BUFFERS):
         if not replay.is_file():
             raise UserError(
                 f"{replay}: missing; the checkpoint is incomplete, delete {folder} to start over"

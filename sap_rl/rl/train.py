@@ -59,7 +59,7 @@ from sap_rl.rl.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from sap_rl.rl.dqn import DoubleDQN, FrameStackNStepReplayBuffer, FrameStackReplayBuffer
+from sap_rl.rl.dqn import DoubleDQN
 from sap_rl.rl.envs import (
     GameResult,
     game_progress,
@@ -70,6 +70,7 @@ from sap_rl.rl.envs import (
     summarize,
 )
 from sap_rl.rl.games import Game, resolve_game
+from sap_rl.rl.replay import FrameReplayBuffer
 from sap_rl.rl.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -335,13 +336,15 @@ def _interrupt_on_sigterm() -> Any:
 def _build_model(game: Game, cfg: TrainConfig, env: Any, device: str) -> DQN:
     cls = DoubleDQN if cfg.algorithm == "DDQN" else DQN
     kwargs = cfg.dqn.sb3_kwargs()
-    if cfg.dqn.n_steps > 1:
-        buffer_cls: type = FrameStackNStepReplayBuffer
-        kwargs["replay_buffer_kwargs"] = {"n_steps": cfg.dqn.n_steps, "gamma": cfg.dqn.gamma}
-    else:
-        buffer_cls = FrameStackReplayBuffer
+    # Each frame stored once (0.75 GB per 100k transitions), n-step returns as SB3 computes them.
+    kwargs["replay_buffer_kwargs"] = {"n_steps": cfg.dqn.n_steps, "gamma": cfg.dqn.gamma}
     return cls(
-        "CnnPolicy", env, replay_buffer_class=buffer_cls, seed=cfg.seed, device=device, **kwargs
+        "CnnPolicy",
+        env,
+        replay_buffer_class=FrameReplayBuffer,
+        seed=cfg.seed,
+        device=device,
+        **kwargs,
     )
 
 

@@ -25,12 +25,13 @@ from sap_rl.rl.checkpoint import (
 )
 from sap_rl.rl.dqn import DoubleDQN, FrameStackNStepReplayBuffer
 from sap_rl.rl.envs import make_vec_env
+from sap_rl.rl.replay import FrameReplayBuffer
 
 
 def _model(seed: int = 0) -> DoubleDQN:
     env = make_vec_env("Breakout", 1, seed=seed, training=True)
     return DoubleDQN("CnnPolicy", env, buffer_size=300, learning_starts=20, train_freq=2,
-                     target_update_interval=30, replay_buffer_class=FrameStackNStepReplayBuffer,
+                     target_update_interval=30, replay_buffer_class=FrameReplayBuffer,
                      replay_buffer_kwargs={"n_steps": 3, "gamma": 0.99}, exploration_fraction=0.5,
                      device="cpu", seed=seed)  # fmt: skip
 
@@ -64,8 +65,38 @@ def test_restore_gives_back_weights_optimizer_counters_and_replay(tmp_path: Path
     a, b = trained.replay_buffer, fresh.replay_buffer
     assert a is not None and b is not None
     assert (a.pos, a.full) == (b.pos, b.full)
-    assert np.array_equal(a.observations, b.observations)
+    assert np.array_equal(np.asarray(a.observations), np.asarray(b.observations))
+    assert np.array_equal(np.asarray(a.next_observations), np.asarray(b.next_observations))
     assert np.array_equal(a.actions, b.actions)
+
+
+def test_a_whole_stack_replay_file_resumes(run_copy: Path) -> None:
+    # Runs started before FrameReplayBuffer saved whole stacks (observations, last_frames): the
+    # same contents written in that layout must resume and continue training.
+    from sap_rl.rl.train import load_run_config
+
+    _, cfg = load_run_config(run_copy)
+    env = make_vec_env("Breakout", cfg.n_envs, seed=0, training=True)
+    args = (cfg.dqn.buffer_size, env.observation_space, env.action_space, "cpu", cfg.n_envs)
+    new = FrameReplayBuffer(*args, n_steps=3, gamma=cfg.dqn.gamma)
+    old = FrameStackNStepReplayBuffer(*args, n_steps=3, gamma=cfg.dqn.gamma)
+    env.close()
+    path = run_copy / CHECKPOINT_DIR / "replay.npz"
+    new.load_npz(path)
+    old.observations[:] = np.asarray(new.observations)
+    old.next_observations.last_frames[:] = np.asarray(new.next_observations)[:, :, -1:]
+    for name in ("actions", "rewards", "dones", "timeouts"):
+        getattr(old, name)[:] = getattr(new, name)
+    old.pos, old.full = new.pos, new.full
+    old.save_npz(path)
+    with np.load(path) as data:
+        assert "observations" in data.files
+    code = main(["train", "--resume", "--out", str(run_copy), "--timesteps", "340"])
+    assert code == 0
+    state = load_checkpoint_state(run_copy)
+    assert state is not None and state.timesteps == 340
+    with np.load(path) as data:  # saved again in the new layout
+        assert "frames" in data.files
 
 
 class _Payload:
