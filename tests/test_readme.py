@@ -164,7 +164,7 @@ def shell_commands(text: str) -> list[list[str]]:
 
 def check_command(argv: list[str], where: str) -> None:
     """Parse an ``sap-rl`` command and check that what it reads exists on a fresh clone."""
-    from sap_rl.rl.evaluate import resolve_agent
+    from sap_rl.rl.agent_search import resolve_agent
 
     if argv[0] in ("python", "python3") and len(argv) > 1 and argv[1].endswith(".py"):
         assert (ROOT / argv[1]).is_file(), f"{where}: {argv[1]} does not exist"

@@ -1,10 +1,11 @@
-"""Independent jobs in worker processes, a few at a time (``sap-rl evaluate --workers N``).
+"""Independent jobs in worker processes, a few at a time (the ``local`` backend, ``--workers N``).
 
-The cells of an evaluation are independent: each plays its own seeded games with its own seeded
-draws. :func:`run_jobs` plays them in ``N`` spawned processes instead of one after the other, so
-a machine with ``N`` free cores finishes a grid up to ``N`` times sooner and every cell's games
-are exactly those one process plays. Workers report progress (a game finished) through
-:func:`post_event`; the parent receives the events in its own thread, between results.
+The units of a grid are independent: each plays its own seeded games (or classifies its own
+images) with its own seeded draws. :func:`run_jobs` runs them in ``N`` spawned processes instead
+of one after the other, so a machine with ``N`` free cores finishes a grid up to ``N`` times
+sooner and every unit's results are exactly those one process gets. Workers report progress (a
+game finished) through :func:`post_event`; the parent receives the events in its own thread,
+between results.
 
 Workers are started with ``spawn`` (not ``fork``): the parent's torch and numba OpenMP thread
 pools are not safe to fork. Each worker therefore imports the package afresh (a few seconds), and
@@ -57,7 +58,8 @@ def exit_with_parent(parent_pid: int, *, poll_s: float = 0.5, use_prctl: bool = 
 
     Example:
         >>> import subprocess, sys
-        >>> code = "import os; from sap_rl.rl.workers import exit_with_parent as e; e(os.getpid())"
+        >>> code = ("import os; from sap_rl.grid.processes import exit_with_parent as e; "
+        ...         "e(os.getpid())")
         >>> subprocess.run([sys.executable, "-c", code]).returncode  # not its own parent: gone
         1
     """

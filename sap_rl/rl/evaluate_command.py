@@ -1,6 +1,7 @@
 """``sap-rl evaluate``: relative reward of a trained agent under attack, per defense.
 
-Settings come from the built-in defaults, then ``--config FILE`` (an :class:`EvalConfig` YAML,
+Settings come from the built-in defaults, then ``--config FILE`` (an
+:class:`~sap_rl.rl.eval_config.AtariEvalConfig` YAML,
 e.g. ``configs/eval/default.yaml``), then the flags given on the command line. The work is done by
 :func:`sap_rl.rl.evaluate.evaluate`; this module parses, runs and prints the summary table.
 
@@ -24,6 +25,7 @@ examples:
   sap-rl evaluate --agent agents/kungfumaster-ddqn --attack fgsm-eot,pgd-10-eot --episodes 30
   sap-rl evaluate --config configs/eval/full.yaml --out runs/roadrunner-full
   sap-rl evaluate --agent roadrunner-ddqn --config configs/eval/study.yaml --workers 2
+  RAY_ADDRESS=head:6379 sap-rl evaluate --agent roadrunner-ddqn --backend ray --n-envs 1
 """
 
 
@@ -66,10 +68,17 @@ def register(subparsers: Any) -> None:
     add("--device", help="auto (default), cpu, cuda")
     add("--threads", type=int, metavar="N",
         help="CPU threads of torch and SAP (default: as is; 1 is best on busy CPUs)")  # fmt: skip
-    add("--workers", type=int, metavar="N", help="play N cells at a time in N processes; "
-        "changes only the speed (default: 1; give it the free cores)")  # fmt: skip
+    add(
+        "--backend",
+        choices=["local", "ray"],
+        help="where units of games run: this machine "
+        "(default) or a Ray cluster (RAY_ADDRESS, else a local one; pip install 'sap-rl[ray]')",
+    )
+    add("--workers", type=int, metavar="N", help="play N units (n-envs games each) at a time, in "
+        "N processes or Ray actors; changes only the speed (default: 1 locally, every CPU of a "
+        "Ray cluster)")  # fmt: skip
     add("--time-limit", type=float, metavar="MINUTES",
-        help="start no new cell after MINUTES; the summary covers the finished cells and "
+        help="start no new unit after MINUTES; the summary covers the finished cells and "
         "rerunning the same command plays the rest")  # fmt: skip
     add("--out", metavar="DIR", help="output folder (default: runs/evaluate/<agent>)")
     add("--quiet", action="store_true", help="no progress bar")
@@ -95,12 +104,12 @@ def _floats(text: str, flag: str) -> list[float]:
 
 _PLAIN_KEYS = (
     "agent", "game", "episodes", "n_envs", "seed", "eot_samples", "action_samples", "perturb",
-    "epsilon", "max_steps", "random_episodes", "device", "threads", "workers",
+    "epsilon", "max_steps", "random_episodes", "device", "threads", "backend", "workers",
 )  # fmt: skip
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`~sap_rl.rl.evaluate.EvalConfig` keys given as flags (unset flags omitted)."""
+    """The :class:`~sap_rl.rl.eval_config.AtariEvalConfig` keys given as flags (unset: omitted)."""
     given: dict[str, Any] = {}
     if args.defense is not None:
         given["defenses"] = _list(args.defense, "--defense")
@@ -118,13 +127,14 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``sap-rl evaluate``."""
     from sap_rl.config import from_dict, load_config
-    from sap_rl.rl.evaluate import EvalConfig, evaluate
+    from sap_rl.rl.eval_config import AtariEvalConfig
+    from sap_rl.rl.evaluate import evaluate
 
     overrides = overrides_from_args(args)
     if args.config:
-        config = load_config(EvalConfig, args.config, overrides)
+        config = load_config(AtariEvalConfig, args.config, overrides)
     else:
-        config = from_dict(EvalConfig, overrides)
+        config = from_dict(AtariEvalConfig, overrides)
     limit = args.time_limit
     if limit is not None and (not math.isfinite(limit) or limit <= 0):
         raise UserError(f"--time-limit must be a positive number of minutes, got {limit}")

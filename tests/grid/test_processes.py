@@ -1,4 +1,4 @@
-"""Worker processes of ``sap-rl evaluate --workers`` (:mod:`sap_rl.rl.workers`).
+"""Worker processes of ``sap-rl evaluate --workers`` (:mod:`sap_rl.grid.processes`).
 
 Jobs are standard-library functions (and :func:`post_event` itself), so that the spawned workers
 can unpickle them whatever way pytest imports this file.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sap_rl.rl import workers
-from sap_rl.rl.workers import post_event, run_jobs
+from sap_rl.grid import processes as workers
+from sap_rl.grid.processes import post_event, run_jobs
 
 
 def test_results_pair_with_their_items() -> None:
@@ -74,7 +74,7 @@ import os
 import sys
 import time
 
-from sap_rl.rl.workers import exit_with_parent, post_event, run_jobs
+from sap_rl.grid.processes import exit_with_parent, post_event, run_jobs
 
 
 def long_job(seconds):

@@ -15,21 +15,13 @@ import torch
 
 from sap_rl.errors import UserError
 from sap_rl.rl.agent import AgentCard, QNetwork, Score, save_agent
+from sap_rl.rl.agent_search import default_agent, resolve_agent
 from sap_rl.rl.envs import AtariPreprocessing, make_env
-from sap_rl.rl.evaluate import (
-    EPISODE_COLUMNS,
-    Cell,
-    EvalConfig,
-    agent_policy,
-    default_agent,
-    evaluate,
-    plan_cells,
-    play_matched_games,
-    play_wrapped,
-    random_game_policy,
-    resolve_agent,
-)
+from sap_rl.rl.eval_config import AtariEvalConfig, Cell, plan_cells
+from sap_rl.rl.evaluate import evaluate
+from sap_rl.rl.evaluate_cells import EPISODE_COLUMNS
 from sap_rl.rl.perturb import ObservationAttack
+from sap_rl.rl.play import agent_policy, play_matched_games, play_wrapped, random_game_policy
 
 GAME = "Assault"
 N_ACTIONS = 7
@@ -123,7 +115,7 @@ def test_exactly_the_first_n_games_are_collected() -> None:
 
 
 def test_config_normalizes_names_and_always_adds_clean() -> None:
-    cfg = EvalConfig(defenses=["Dense", "sap-100", "dense"], attacks=["FGSM"], eps=[4, 1, 1])
+    cfg = AtariEvalConfig(defenses=["Dense", "sap-100", "dense"], attacks=["FGSM"], eps=[4, 1, 1])
     assert cfg.defenses == ["dense", "sap-100"] and cfg.attacks == ["fgsm"]
     assert cfg.eps == [0.0, 1.0, 4.0]
     names = [c.name for c in plan_cells(cfg)]
@@ -150,17 +142,17 @@ def test_config_normalizes_names_and_always_adds_clean() -> None:
 )
 def test_bad_config_is_a_user_error(kwargs: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        EvalConfig(**kwargs)
+        AtariEvalConfig(**kwargs)
 
 
 # ----------------------------------------------------------------------------- outputs, resume
 
 
-def _config(agent: Path, **overrides: object) -> EvalConfig:
+def _config(agent: Path, **overrides: object) -> AtariEvalConfig:
     settings: dict = {"agent": str(agent), "defenses": ["dense", "sap-100"], "attacks": ["fgsm"],
                       "eps": [0, 2], "episodes": 2, "n_envs": 2, "max_steps": 40}  # fmt: skip
     settings.update(overrides)
-    return EvalConfig(**settings)
+    return AtariEvalConfig(**settings)
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -305,7 +297,7 @@ def test_default_agent_is_the_best_shipped_one(tmp_path: Path, net: QNetwork) ->
 
 
 def test_agent_resolution(tmp_path: Path, agent_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sap_rl.rl.evaluate as module
+    import sap_rl.rl.agent_search as module
 
     monkeypatch.setattr(module, "_agent_roots", lambda: [tmp_path / "agents"])
     with pytest.raises(UserError, match=r"no agent is installed.*sap-rl train --game"):
@@ -362,17 +354,18 @@ def test_committed_study_results_resume_with_the_shipped_agent(name: str) -> Non
     # fingerprint (agent name and weights checksum included) still matches the shipped card.
     from sap_rl.config import load_config
     from sap_rl.rl.agent import load_agent
-    from sap_rl.rl.evaluate import _fingerprint, _load_cell
+    from sap_rl.rl.evaluate_cells import AtariCells, fingerprint
     from sap_rl.rl.games import resolve_game
 
     repo = Path(__file__).resolve().parents[2]
-    config = load_config(EvalConfig, repo / "configs/eval/study.yaml", {"agent": name})
+    config = load_config(AtariEvalConfig, repo / "configs/eval/study.yaml", {"agent": name})
     _, card = load_agent(repo / "agents" / name)
-    fingerprint = _fingerprint(card, resolve_game(card.game), config)
+    stamp = fingerprint(card, resolve_game(card.game), config)
     out = repo / "results" / "rl" / name
-    assert json.loads((out / "run.json").read_text())["fingerprint"] == fingerprint
+    assert json.loads((out / "run.json").read_text())["fingerprint"] == stamp
     cells = plan_cells(config)
     assert len(cells) == 64
-    assert all(_load_cell(out, cell, fingerprint) is not None for cell in cells)
+    files = AtariCells(out, stamp, cells, config.n_envs)
+    assert all(files.load(cell.name) is not None for cell in cells)
     with (out / "episodes.csv").open() as handle:
         assert {row["agent"] for row in csv.DictReader(handle)} == {name}

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from sap_rl.cli import main
+from sap_rl.grid import set_threads
 from sap_rl.rl.agent import AgentCard, QNetwork, save_agent
-from sap_rl.rl.evaluate import set_threads
 
 GAME = "Assault"
 SMALL = ["--episodes", "2", "--n-envs", "2", "--max-steps", "50", "--quiet"]
@@ -95,12 +95,12 @@ def test_config_file_with_flag_overrides(agent_dir: Path, tmp_path: Path) -> Non
 
 def test_shipped_configs_are_valid() -> None:
     from sap_rl.config import load_config
-    from sap_rl.rl.evaluate import EvalConfig
+    from sap_rl.rl.eval_config import AtariEvalConfig
 
     files = sorted((Path(__file__).resolve().parents[2] / "configs" / "eval").glob("*.yaml"))
     assert files
     for path in files:
-        load_config(EvalConfig, path)
+        load_config(AtariEvalConfig, path)
 
 
 def _broken_agent(tmp_path: Path, agent_dir: Path) -> Path:
@@ -159,7 +159,7 @@ def _exit_code(argv: list[str]) -> int:
 def test_no_agent_installed_says_how_to_train_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import sap_rl.rl.evaluate as module
+    import sap_rl.rl.agent_search as module
 
     monkeypatch.setattr(module, "_agent_roots", lambda: [tmp_path / "agents"])
     assert main(["evaluate", "--out", str(tmp_path / "eval")]) == 2

@@ -1,0 +1,237 @@
+"""The cells of ``sap-rl evaluate`` on the grid engine: units of games, their seeds, cell files.
+
+Units
+    A cell's ``episodes`` games are split into units of ``n_envs`` consecutive games
+    (:func:`units_of`); a unit's games are played at once, batched through one attack, on
+    ``n_envs`` parallel environments. Units are what workers run: a long game holds up its own
+    unit, not its whole cell, and a grid has more units than cells to spread over workers.
+Seeds
+    Each unit has its own seed (:func:`unit_seed`): the first unit of a cell uses the cell's seed
+    from ``(seed, defense, attack, eps)``, so a cell of at most ``n_envs`` games is exactly what
+    sap-rl 0.1.0 played; unit ``k > 0`` uses ``(seed, defense, attack, eps, first game)``. Defense
+    draws and PGD random starts come from that seed; a game's own streams (env seed ``seed + g``,
+    exploration) from ``(seed, g)``. So the split and the seeds depend on the settings only,
+    never on the backend, the worker count or the order units run in.
+Cell files
+    ``cells/<cell>.json``: the cell, the fingerprint, ``n_envs``, the steps and the games, in
+    game order; no timings (those go to ``timings.json``), so a cell file is byte-identical
+    wherever its units ran. Older files (with ``seconds``) are read as they are.
+
+Example:
+    >>> from sap_rl.rl.eval_config import AtariEvalConfig
+    >>> cfg = AtariEvalConfig(episodes=5, n_envs=2, defenses=["dense"], eps=[])
+    >>> [(u.cell, u.start, u.stop) for u in units_of(cfg, plan_cells(cfg))["dense__clean"]]
+    [('dense__clean', 0, 2), ('dense__clean', 2, 4), ('dense__clean', 4, 5)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+from sap_rl.defenses import parse_defense
+from sap_rl.devices import resolve_device
+from sap_rl.errors import UserError
+from sap_rl.grid.store import cell_path
+from sap_rl.grid.units import Unit, split_cell, stable_seed
+from sap_rl.io import atomic_write_json, read_json
+from sap_rl.report import write_csv
+from sap_rl.rl.agent import AgentCard, QNetwork
+from sap_rl.rl.envs import make_env
+from sap_rl.rl.eval_config import AtariEvalConfig, Cell, plan_cells
+from sap_rl.rl.games import Game, resolve_game
+from sap_rl.rl.perturb import ObservationAttack
+from sap_rl.rl.play import GameRecord, agent_policy, play_matched_games, preprocessing_for
+
+__all__ = [
+    "EPISODE_COLUMNS",
+    "AtariCells",
+    "GamePlayer",
+    "fingerprint",
+    "make_envs",
+    "play_unit",
+    "unit_seed",
+    "units_of",
+    "write_episodes",
+]
+
+EPISODE_COLUMNS = (
+    "game", "agent", "defense", "attack", "eps", "seed", "episode", "reward", "length",
+)  # fmt: skip
+
+
+def fingerprint(card: AgentCard, game: Game, config: AtariEvalConfig) -> dict[str, Any]:
+    """The settings that define a cell's games; finished cells are reused only if they match."""
+    return {
+        "agent": card.name,
+        "agent_sha256": card.sha256,
+        "game": game.name,
+        "episodes": config.episodes,
+        "seed": config.seed,
+        "max_steps": config.max_steps,
+        "perturb": config.perturb,
+        "epsilon": config.epsilon,
+        "eot_samples": config.eot_samples,
+        "action_samples": config.action_samples,
+    }
+
+
+def units_of(config: AtariEvalConfig, cells: Sequence[Cell]) -> dict[str, list[Unit]]:
+    """Each cell's units: its games in consecutive runs of ``n_envs`` (module docs)."""
+    return {c.name: split_cell(c.name, config.episodes, config.n_envs) for c in cells}
+
+
+def unit_seed(seed: int, cell: Cell, unit: Unit) -> int:
+    """The seed of a unit's defense draws and attack randomness (module docs).
+
+    Example:
+        >>> cell = Cell("sap-100", "fgsm", 1.0)
+        >>> unit_seed(0, cell, split_cell(cell.name, 4, 4)[0]) == stable_seed(0, *cell_key(cell))
+        True
+    """
+    if unit.index == 0:
+        return stable_seed(seed, *cell_key(cell))
+    return stable_seed(seed, *cell_key(cell), unit.start)
+
+
+def cell_key(cell: Cell) -> tuple[str, str | None, float]:
+    """``(defense, attack, eps)``: what a cell's seed is made from."""
+    return cell.defense, cell.attack, cell.eps
+
+
+@contextlib.contextmanager
+def _seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global generators for the block and restore them afterwards."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def make_envs(game: Game, config: AtariEvalConfig) -> list[gym.Env]:
+    """The evaluation environments one unit needs (``min(n_envs, episodes)``)."""
+    return [make_env(game, training=False, preprocessing=preprocessing_for(config.max_steps))
+            for _ in range(min(config.n_envs, config.episodes))]  # fmt: skip
+
+
+def play_unit(
+    net: torch.nn.Module,
+    cell: Cell,
+    unit: Unit,
+    config: AtariEvalConfig,
+    envs: Sequence[gym.Env],
+    device: torch.device,
+    *,
+    on_game: Callable[[GameRecord], None] | None = None,
+) -> list[GameRecord]:
+    """Play the games of ``unit`` with ``cell``'s defense inserted and its attack active."""
+    seed = unit_seed(config.seed, cell, unit)
+    model = parse_defense(cell.defense).apply(net).to(device).eval()
+    attack = ObservationAttack(
+        model,
+        cell.attack,
+        cell.eps,
+        perturb=config.perturb,
+        eot_samples=config.eot_samples,
+        action_samples=config.action_samples,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    policy = agent_policy(attack, device=device, epsilon=config.epsilon, seed=config.seed)
+    with _seeded_torch(seed, device):
+        return play_matched_games(envs[: unit.size], policy, unit.size, seed=config.seed,
+                                  first=unit.start, on_game=on_game)  # fmt: skip
+
+
+class GamePlayer:
+    """A worker's unit runner: the agent's network and envs, built once from its weights."""
+
+    def __init__(
+        self, state: dict[str, torch.Tensor], game_name: str, config: AtariEvalConfig
+    ) -> None:
+        net = QNetwork(int(state["head.weight"].shape[0]))
+        net.load_state_dict(state)
+        self.device = resolve_device(config.device)
+        self.net = net.to(self.device).eval()
+        self.config = config
+        self.cells = {c.name: c for c in plan_cells(config)}
+        self.envs = make_envs(resolve_game(game_name), config)
+
+    def __call__(self, unit: Unit, report: Callable[[int], None]) -> list[dict[str, Any]]:
+        games = play_unit(self.net, self.cells[unit.cell], unit, self.config, self.envs,
+                          self.device, on_game=lambda _: report(1))  # fmt: skip
+        return [asdict(g) for g in games]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class AtariCells:
+    """The cell files of ``sap-rl evaluate`` (:class:`sap_rl.grid.engine.CellFiles`)."""
+
+    def __init__(
+        self, out: Path, fingerprint: dict[str, Any], cells: Sequence[Cell], n_envs: int
+    ) -> None:
+        self.out, self.fingerprint, self.n_envs = out, fingerprint, n_envs
+        self.cells = {c.name: c for c in cells}
+
+    def load(self, cell: str) -> list[GameRecord] | None:
+        """A finished cell's games, ``None`` if not played yet; other settings are an error."""
+        path = cell_path(self.out, cell)
+        if not path.is_file():
+            return None
+        data = read_json(path)
+        try:
+            games = [GameRecord(**g) for g in data["games"]]
+            stored = data["fingerprint"]
+        except (KeyError, TypeError) as err:
+            raise UserError(
+                f"{path}: not a cell file of sap-rl evaluate ({err}); delete it"
+            ) from None
+        if stored != self.fingerprint or len(games) != self.fingerprint["episodes"]:
+            raise UserError(
+                f"{path} was played with other settings; use another --out or delete that folder"
+            )
+        return games
+
+    def save(self, cell: str, results: list[Any]) -> list[GameRecord]:
+        """Write ``cell`` from its units' games (lists of game dicts, in unit order)."""
+        games = [GameRecord(**g) for unit_games in results for g in unit_games]
+        c = self.cells[cell]
+        atomic_write_json(
+            cell_path(self.out, cell),
+            {
+                "defense": c.defense,
+                "attack": c.attack,
+                "eps": c.eps,
+                "fingerprint": self.fingerprint,
+                "n_envs": self.n_envs,
+                "steps": sum(g.length for g in games),
+                "games": [asdict(g) for g in games],
+            },
+        )
+        return games
+
+
+def write_episodes(
+    out_dir: Path,
+    game: Game,
+    card: AgentCard,
+    cells: Sequence[Cell],
+    done: dict[str, list[GameRecord]],
+) -> None:
+    """``episodes.csv``: a row per game of each finished cell (clean cells under every attack)."""
+    attacks = list(dict.fromkeys(c.attack for c in cells if c.attack is not None))
+    rows = [
+        (game.name, card.name, c.defense, attack, c.eps, g.seed, g.episode, g.reward, g.length)
+        for c in cells if c.name in done
+        for attack in (attacks or ["none"] if c.attack is None else [c.attack])
+        for g in done[c.name]
+    ]  # fmt: skip
+    write_csv(out_dir / "episodes.csv", EPISODE_COLUMNS, rows)

@@ -1,0 +1,243 @@
+"""Playing whole Atari games with a (defended, attacked) agent: the policy, the loop, the record.
+
+Matched games
+    Game ``g`` is played on an environment reset with seed ``seed + g``, whichever parallel
+    environment slot plays it, so every cell of an evaluation plays the same games and cells
+    differ only by defense and attack. Exactly the asked games are collected (no bias toward
+    short games).
+Policies
+    A :data:`GamePolicy` gets the observations of all running games in one batch, with their game
+    indices: per-game random streams (epsilon-greedy exploration, the random policy) are seeded by
+    ``(seed, g)``, so a game's actions do not depend on which other games run beside it.
+
+Example:
+    >>> envs = [make_env("Pong", training=False, preprocessing=preprocessing_for(30))]
+    >>> [g.seed for g in play_matched_games(envs, random_game_policy(6, seed=0), 2, seed=5)]
+    [5, 6]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from sap_rl.errors import UserError
+from sap_rl.rl.envs import AtariPreprocessing, make_env, obs_to_tensor
+from sap_rl.rl.games import Game
+from sap_rl.rl.perturb import ObservationAttack, PerturbObservation
+
+__all__ = [
+    "GamePolicy",
+    "GameRecord",
+    "agent_policy",
+    "play_matched_games",
+    "play_wrapped",
+    "preprocessing_for",
+    "random_game_policy",
+]
+
+#: ``(n, 4, 84, 84)`` uint8 observations of the active games and their game indices -> actions.
+GamePolicy = Callable[[np.ndarray, Sequence[int]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class GameRecord:
+    """One whole game: index, env seed, unclipped score, length in agent steps, capped or not."""
+
+    episode: int
+    seed: int
+    reward: float
+    length: int
+    truncated: bool = False
+
+
+def agent_policy(
+    attack: ObservationAttack,
+    *,
+    device: str | torch.device = "cpu",
+    epsilon: float = 0.0,
+    seed: int = 0,
+) -> GamePolicy:
+    """The defended agent under attack as a :data:`GamePolicy` (batched; epsilon-greedy).
+
+    All active games are attacked in one forward/backward pass (:meth:`ObservationAttack.act`).
+    With ``epsilon > 0`` game ``g`` explores with its own generator seeded by ``(seed, g)``.
+
+    Example:
+        >>> from sap_rl.rl.agent import QNetwork
+        >>> policy = agent_policy(ObservationAttack(QNetwork(6), "fgsm", 1.0))
+        >>> policy(np.zeros((2, 4, 84, 84), np.uint8), [0, 1]).shape
+        (2,)
+    """
+    rngs: dict[int, np.random.Generator] = {}
+
+    def act(obs: np.ndarray, games: Sequence[int]) -> np.ndarray:
+        actions, _ = attack.act(obs_to_tensor(obs, device))
+        chosen: np.ndarray = actions.cpu().numpy()
+        if epsilon > 0:
+            n_actions = int(attack.q_values(obs_to_tensor(obs[:1], device)).shape[1])
+            for row, g in enumerate(games):
+                rng = rngs.setdefault(g, np.random.default_rng([seed, g]))
+                if rng.random() < epsilon:
+                    chosen[row] = rng.integers(n_actions)
+        return chosen
+
+    return act
+
+
+def random_game_policy(n_actions: int, *, seed: int) -> GamePolicy:
+    """Uniform random actions, game ``g`` drawing from a generator seeded by ``(seed, g)``.
+
+    Example:
+        >>> random_game_policy(4, seed=0)(np.zeros((3, 4, 84, 84), np.uint8), [0, 1, 2]).shape
+        (3,)
+    """
+    rngs: dict[int, np.random.Generator] = {}
+
+    def act(obs: np.ndarray, games: Sequence[int]) -> np.ndarray:
+        del obs
+        return np.array(
+            [rngs.setdefault(g, np.random.default_rng([seed, g, 1])).integers(n_actions)
+             for g in games]
+        )  # fmt: skip
+
+    return act
+
+
+def play_matched_games(
+    envs: Sequence[gym.Env],
+    policy: GamePolicy,
+    n_games: int,
+    *,
+    seed: int,
+    first: int = 0,
+    on_game: Callable[[GameRecord], None] | None = None,
+) -> list[GameRecord]:
+    """Play games ``first .. first+n_games-1`` on parallel envs; game ``g`` starts with seed
+    ``seed + g``.
+
+    Each env slot takes the next unplayed game when its game ends, so which slot plays a game
+    never changes the game. Every step, the policy gets the observations of all running games in
+    one batch. ``envs`` must be evaluation envs (:func:`sap_rl.rl.envs.make_env` with
+    ``training=False``): a game ends with ``info["episode"]``.
+
+    Returns:
+        One record per game, in game order.
+
+    Example:
+        >>> envs = [make_env("Pong", training=False) for _ in range(2)]
+        >>> games = play_matched_games(envs, random_game_policy(6, seed=0), 1, seed=0)
+        >>> [(g.episode, g.seed) for g in games]
+        [(0, 0)]
+    """
+    if n_games < 1:
+        raise UserError(f"the number of games must be >= 1, got {n_games}")
+    results: dict[int, GameRecord] = {}
+    playing: list[int | None] = [None] * len(envs)
+    obs: list[np.ndarray] = [np.empty(0, np.uint8)] * len(envs)
+    next_game = first
+
+    def start(slot: int) -> None:
+        nonlocal next_game
+        playing[slot] = None
+        if next_game < first + n_games:
+            obs[slot], _ = envs[slot].reset(seed=seed + next_game)
+            playing[slot] = next_game
+            next_game += 1
+
+    for slot in range(len(envs)):
+        start(slot)
+    while any(g is not None for g in playing):
+        active = [slot for slot, g in enumerate(playing) if g is not None]
+        games = [playing[slot] for slot in active]
+        actions = policy(np.stack([obs[slot] for slot in active]), games)  # type: ignore[arg-type]
+        for slot, game, action in zip(active, games, actions, strict=True):
+            obs[slot], _, terminated, truncated, info = envs[slot].step(int(action))
+            if not (terminated or truncated):
+                continue
+            assert game is not None
+            episode = info.get("episode")
+            if episode is None:
+                raise RuntimeError("a game ended without info['episode']; use evaluation envs")
+            record = GameRecord(
+                episode=game,
+                seed=seed + game,
+                reward=float(episode["r"]),
+                length=int(episode["l"]),
+                truncated=bool(episode.get("truncated", truncated and not terminated)),
+            )
+            results[game] = record
+            if on_game is not None:
+                on_game(record)
+            start(slot)
+    return [results[g] for g in range(first, first + n_games)]
+
+
+def play_wrapped(
+    game: Game | str,
+    model: nn.Module,
+    n_games: int,
+    *,
+    attack: str | None = "fgsm",
+    eps: float = 0.0,
+    seed: int = 0,
+    perturb: Literal["stack", "last"] = "stack",
+    eot_samples: int = 16,
+    dtype: Literal["uint8", "float32"] | None = None,
+    max_steps: int | None = None,
+    device: str | torch.device = "cpu",
+) -> list[GameRecord]:
+    """The plain user loop: one env at a time, wrapped in :class:`PerturbObservation`, greedy.
+
+    Game ``g`` is a fresh env seeded with ``seed + g``, as in the evaluator, so for a
+    deterministic model the rewards equal :func:`play_matched_games` with :func:`agent_policy`.
+    It is the reference for checks and benchmarks; ``attack=None`` or ``eps=0`` plays clean
+    without the wrapper.
+
+    Example:
+        >>> from sap_rl.rl.agent import QNetwork
+        >>> games = play_wrapped("Pong", QNetwork(6), 1, eps=1, max_steps=50)
+        >>> games[0].length <= 50
+        True
+    """
+    records = []
+    preprocessing = preprocessing_for(max_steps)
+    for g in range(n_games):
+        env = make_env(game, seed=seed + g, training=False, preprocessing=preprocessing)
+        if attack is not None and eps > 0:
+            env = PerturbObservation(env, model, attack, eps, perturb=perturb,
+                                     eot_samples=eot_samples, dtype=dtype, seed=seed + g,
+                                     device=device)  # fmt: skip
+        try:
+            observation, _ = env.reset()
+            while True:
+                with torch.no_grad():
+                    action = int(model(obs_to_tensor(observation, device)).argmax(dim=1)[0])
+                observation, _, terminated, truncated, info = env.step(action)
+                if terminated or truncated:
+                    episode = info["episode"]
+                    records.append(GameRecord(g, seed + g, float(episode["r"]), int(episode["l"]),
+                                              bool(episode.get("truncated", False))))  # fmt: skip
+                    break
+        finally:
+            env.close()
+    return records
+
+
+def preprocessing_for(max_steps: int | None) -> AtariPreprocessing:
+    """The evaluation preprocessing, with games capped at about ``max_steps`` agent steps.
+
+    Example:
+        >>> preprocessing_for(100).max_episode_frames
+        400
+    """
+    base = AtariPreprocessing()
+    if max_steps is None:
+        return base
+    return AtariPreprocessing(max_episode_frames=max_steps * base.frame_skip)
