@@ -1,4 +1,4 @@
-"""``sap-rl vision train`` and ``sap-rl vision evaluate``.
+"""``sap-rl vision train``, ``sap-rl vision evaluate`` and ``sap-rl vision prune``.
 
 Examples (shell)::
 
@@ -6,6 +6,7 @@ Examples (shell)::
     sap-rl vision train --dataset digits --adversarial kurakin --out runs/digits-kurakin
     sap-rl vision train --dataset cifar10 --data-root ~/data --config configs/vision/cifar10.yaml
     sap-rl vision evaluate --model runs/digits --defense dense,sap-100 --attack fgsm,pgd-10-eot
+    sap-rl vision prune --model runs/digits-pgd --sparsity 0.99 --objective pgd --out runs/p99
 
 Heavy imports (torch, scikit-learn) happen inside the handlers so that ``sap-rl --help`` is fast.
 """
@@ -37,6 +38,7 @@ def register(subparsers: Any) -> None:
     sub.required = True
     _add_train(sub)
     _add_evaluate(sub)
+    _add_prune(sub)
 
 
 def _csv(text: str) -> list[str]:
@@ -161,6 +163,66 @@ def _truncate(schedule: list[dict[str, Any]], epochs: int) -> list[dict[str, Any
         kept.append({"epochs": min(stage["epochs"], left), "lr": stage["lr"]})
         left -= kept[-1]["epochs"]
     return kept
+
+
+# ------------------------------------------------------------------------------------- prune
+
+
+def _add_prune(sub: Any) -> None:
+    from sap_rl.pruning.cli import add_harp_arguments
+
+    p = sub.add_parser(
+        "prune",
+        help="prune a trained classifier with HARP (adversarially robust, learned layer rates)",
+        description="Prune a model folder with HARP: learned importance scores and per-layer "
+        "keep rates under a PGD-AT, TRADES or MART objective, then fine-tuning. Writes a model "
+        "folder (pruned weights are zeros; masks, kept parameters and FLOPs recorded) that "
+        "'sap-rl vision evaluate' reads like any other.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="model folder to prune")
+    add_harp_arguments(p)
+    p.add_argument("--config", type=Path, help="YAML pruning config (default: the built-in "
+                   "preset for the model, same as configs/vision/prune-*.yaml)")  # fmt: skip
+    p.add_argument(
+        "--data-root", type=Path, help="folder containing cifar-10-batches-py/ (CIFAR-10 only)"
+    )
+    p.add_argument("--out", type=Path, help="pruned model folder "
+                   "(default: runs/vision/<model>-harp-<sparsity>)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_prune)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from sap_rl.config import from_dict, load_yaml, to_dict
+    from sap_rl.pruning.cli import harp_overrides
+    from sap_rl.vision.models import load_model
+    from sap_rl.vision.prune import PruneConfig, default_prune_config, prune
+
+    _set_threads(args.threads)
+    if args.config is not None:
+        data = load_yaml(args.config)
+        data.setdefault("harp", {})
+        data["harp"].update(harp_overrides(args))
+    else:
+        _, card = load_model(args.model)
+        data = to_dict(default_prune_config(card.architecture, card.dataset))
+        data["harp"].update(harp_overrides(args))
+    config = from_dict(PruneConfig, data)
+    name = f"{args.model.resolve().name}-harp-{config.harp.sparsity:g}"
+    out = args.out or Path("runs/vision") / name
+    started = time.perf_counter()
+    card = prune(args.model, config, out, data_root=args.data_root, device=args.device,
+                 quiet=args.quiet)  # fmt: skip
+    info = card.pruning
+    print(
+        f"{out}: {card.architecture} pruned to sparsity {info['achieved_sparsity']:.4f} "
+        f"({info['kept_weights']} of {info['prunable_weights']} weights, "
+        f"{info['flops']} of {info['dense_flops']} FLOPs), clean test accuracy "
+        f"{card.clean_accuracy:.4f} ({time.perf_counter() - started:.0f} s)"
+    )
+    return 0
 
 
 # ---------------------------------------------------------------------------------- evaluate

@@ -3,14 +3,22 @@
 - :class:`ResNet20` — He et al. 2016's CIFAR-10 network: a 3x3 convolution, 3 stages of 3 basic
   blocks with 16/32/64 channels, identity shortcuts that zero-pad the extra channels and
   subsample (option A), global average pooling and a linear layer: about 0.27M parameters.
+- :class:`ResNet18` — the CIFAR-10 ResNet-18 of the robust-pruning literature (HYDRA, HARP): a
+  3x3 stem, 4 stages of 2 basic blocks with 64/128/256/512 channels and 1x1 projection shortcuts
+  (option B), about 11.2M parameters.
+- :class:`VGG16` — VGG-16 with batch norm for 32x32 images: 13 3x3 convolutions (four max-pools),
+  then three linear layers (2048 -> 256 -> 256 -> classes), about 15M parameters.
 - :class:`DigitsCNN` — a small CNN for the 8x8 ``digits`` images.
 
-Both take float input in pixel units [0, 255] (normalization is the first layer, so attacks work in
+All take float input in pixel units [0, 255] (normalization is the first layer, so attacks work in
 pixel units), return logits, and use ``nn.ReLU`` *modules* for every activation so that
 :func:`sap_rl.sap.apply_sap` and the dropout defense can find them.
 
 A model folder holds ``model.safetensors`` and ``card.json`` (:class:`ModelCard`); loading checks
-the card, the weights' SHA-256 and the tensor names, and never unpickles.
+the card, the weights' SHA-256 and the tensor names, and never unpickles. A pruned model
+(``sap-rl vision prune``) is such a folder too: its pruned weights are zeros, its weights file
+also holds the masks (``mask/<layer>.weight``, checked on load) and its card a ``pruning``
+section (what it was pruned from, sparsity, kept parameters and FLOPs, per-layer rates).
 
 Example:
     >>> model = build_model("resnet20", num_classes=10, input_shape=(3, 32, 32))
@@ -40,10 +48,12 @@ from sap_rl.io import atomic_write_json, load_tensors, read_json, save_tensors, 
 __all__ = [
     "ARCHITECTURES",
     "CARD_FORMAT",
+    "VGG16",
     "BasicBlock",
     "DigitsCNN",
     "ModelCard",
     "Normalize",
+    "ResNet18",
     "ResNet20",
     "build_model",
     "count_parameters",
@@ -201,10 +211,135 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(self.normalize(x)))
 
 
-def _resnet20(num_classes: int, input_shape: tuple[int, int, int], dataset: str) -> nn.Module:
+class ProjectionBlock(nn.Module):
+    """Two 3x3 conv-BN layers; the shortcut is a strided 1x1 conv-BN when the shape changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 images (the CIFAR variant: 3x3 stem, no max-pool).
+
+    Example:
+        >>> net = ResNet18()
+        >>> net(torch.zeros(1, 3, 32, 32)).shape, round(count_parameters(net) / 1e6, 1)
+        (torch.Size([1, 10]), 11.2)
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        *,
+        mean: Sequence[float] = _NORMALIZATION["cifar10"][0],
+        std: Sequence[float] = _NORMALIZATION["cifar10"][1],
+    ) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        stages: list[nn.Module] = []
+        in_planes = 64
+        for i, planes in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(ProjectionBlock(in_planes, planes, stride),
+                                        ProjectionBlock(planes, planes, 1)))  # fmt: skip
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(self.normalize(x))))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.fc(torch.flatten(self.pool(out), 1))
+
+
+#: VGG-16's convolution widths; "M" is a 2x2 max-pool (the fifth pool is left out for 32x32).
+_VGG16_LAYERS: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
+)  # fmt: skip
+
+
+class VGG16(nn.Module):
+    """VGG-16 with batch norm for 32x32 images: 13 convolutions and 3 linear layers.
+
+    Example:
+        >>> net = VGG16()
+        >>> net(torch.zeros(1, 3, 32, 32)).shape
+        torch.Size([1, 10])
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        *,
+        mean: Sequence[float] = _NORMALIZATION["cifar10"][0],
+        std: Sequence[float] = _NORMALIZATION["cifar10"][1],
+    ) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in _VGG16_LAYERS:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                width = int(item)
+                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                           nn.BatchNorm2d(width), nn.ReLU()]  # fmt: skip
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(512 * 4, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+            nn.Linear(256, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(self.normalize(x))))
+
+
+def _normalization(dataset: str, channels: int) -> tuple[Sequence[float], Sequence[float]]:
     mean, std = _NORMALIZATION.get(dataset, _NORMALIZATION["cifar10"])
-    if len(mean) != input_shape[0]:
-        mean, std = (mean[0],) * input_shape[0], (std[0],) * input_shape[0]
+    if len(mean) != channels:
+        mean, std = (mean[0],) * channels, (std[0],) * channels
+    return mean, std
+
+
+def _resnet18(num_classes: int, input_shape: tuple[int, int, int], dataset: str) -> nn.Module:
+    mean, std = _normalization(dataset, input_shape[0])
+    return ResNet18(num_classes, input_shape[0], mean=mean, std=std)
+
+
+def _vgg16(num_classes: int, input_shape: tuple[int, int, int], dataset: str) -> nn.Module:
+    if min(input_shape[1:]) < 16:
+        raise UserError(f"vgg16 needs images of at least 16x16 pixels, got {input_shape}")
+    mean, std = _normalization(dataset, input_shape[0])
+    return VGG16(num_classes, input_shape[0], mean=mean, std=std)
+
+
+def _resnet20(num_classes: int, input_shape: tuple[int, int, int], dataset: str) -> nn.Module:
+    mean, std = _normalization(dataset, input_shape[0])
     return ResNet20(num_classes, input_shape[0], mean=mean, std=std)
 
 
@@ -220,6 +355,8 @@ def _digits_cnn(num_classes: int, input_shape: tuple[int, int, int], dataset: st
 #: Architecture name -> builder ``(num_classes, input_shape, dataset) -> nn.Module``.
 ARCHITECTURES: dict[str, Callable[[int, tuple[int, int, int], str], nn.Module]] = {
     "resnet20": _resnet20,
+    "resnet18": _resnet18,
+    "vgg16": _vgg16,
     "digits_cnn": _digits_cnn,
 }
 
@@ -231,7 +368,7 @@ def build_model(
     input_shape: Sequence[int],
     dataset: str = "",
 ) -> nn.Module:
-    """Build an untrained model by architecture name (``resnet20`` or ``digits_cnn``).
+    """Build an untrained model by architecture name (a key of :data:`ARCHITECTURES`).
 
     Raises:
         UserError: unknown architecture name.
@@ -261,7 +398,8 @@ class ModelCard:
         num_classes: number of logits.
         input_shape: (C, H, W) of one float image in pixel units [0, 255].
         classes: class names.
-        adversarial: adversarial training mode (``none``, ``paper``, ``kurakin``).
+        adversarial: adversarial training mode (``none``, ``paper``, ``kurakin``, ``pgd``,
+            ``trades``, ``mart``; for a pruned model, the pruning objective).
         epochs: epochs trained.
         clean_accuracy: accuracy on the test split.
         test_examples: size of the test split.
@@ -269,6 +407,9 @@ class ModelCard:
         sha256: SHA-256 of ``model.safetensors``.
         sap_rl_version: package version that wrote the card.
         trained_on: ISO date and device of the training run.
+        pruning: empty for a dense model; for a pruned one what it was pruned from and how
+            (:meth:`sap_rl.pruning.HarpResult.card`): sparsity, kept weights and parameters,
+            FLOPs, per-layer keep rates.
         format: card format tag.
     """
 
@@ -286,6 +427,7 @@ class ModelCard:
     sap_rl_version: str
     training: dict[str, Any] = field(default_factory=dict)
     trained_on: str = ""
+    pruning: dict[str, Any] = field(default_factory=dict)
     format: str = CARD_FORMAT
 
     def __post_init__(self) -> None:
@@ -298,15 +440,24 @@ class ModelCard:
 
 
 def save_model(
-    model: nn.Module, out_dir: str | os.PathLike[str], card: Mapping[str, Any] | ModelCard
+    model: nn.Module,
+    out_dir: str | os.PathLike[str],
+    card: Mapping[str, Any] | ModelCard,
+    *,
+    masks: Mapping[str, torch.Tensor] | None = None,
 ) -> ModelCard:
     """Write ``model.safetensors`` and ``card.json`` into ``out_dir`` (atomically, weights first).
 
-    ``card`` may omit ``sha256`` (it is computed here). Returns the written card.
+    ``card`` may omit ``sha256`` (it is computed here). ``masks`` (a pruned model's
+    ``{"<layer>.weight": bool}``) go into the weights file beside the weights. Returns the
+    written card.
     """
+    from sap_rl.pruning.export import mask_tensors
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    state.update(mask_tensors(masks or {}))
     save_tensors(out / WEIGHTS_FILE, state, metadata={"format": CARD_FORMAT})
     data = to_dict(card) if isinstance(card, ModelCard) else dict(card)
     data["sha256"] = sha256_file(out / WEIGHTS_FILE)
@@ -350,7 +501,10 @@ def load_model(path: str | os.PathLike[str], *, verify: bool = True) -> tuple[nn
         input_shape=card.input_shape,
         dataset=card.dataset,
     )
-    state = load_tensors(weights)
+    from sap_rl.pruning.export import check_masks, split_masks
+
+    state, masks = split_masks(load_tensors(weights))
+    check_masks(state, masks, str(weights))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -35,9 +36,11 @@ def test_committed_configs_match_presets(dataset: str) -> None:
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_committed_config_parses(path: Path) -> None:
     from sap_rl.vision.evaluate import EvalConfig
+    from sap_rl.vision.prune import PruneConfig
 
-    cls = EvalConfig if path.name.startswith("eval-") else TrainConfig
-    config = load_config(cls, path)  # type: ignore[type-var]
+    kind = path.name.split("-")[0]
+    cls: type[Any] = {"eval": EvalConfig, "prune": PruneConfig}.get(kind, TrainConfig)
+    config = load_config(cls, path)
     if isinstance(config, EvalConfig):
         from sap_rl.attacks import parse_attack
         from sap_rl.defenses import parse_defense
