@@ -2,10 +2,10 @@
 
 Ways of playing the same capped games of a real ALE game, measured side by side:
 
-- ``batched fgsm``: the evaluator's path (:func:`sap_rl.rl.evaluate.play_matched_games` with
-  :func:`~sap_rl.rl.evaluate.agent_policy`): all ``n_envs`` games attacked in one
+- ``batched fgsm``: the evaluator's path (:func:`sap_rl.rl.play.play_matched_games` with
+  :func:`~sap_rl.rl.play.agent_policy`): all ``n_envs`` games attacked in one
   forward/backward pass per step;
-- ``wrapper fgsm``: the plain user loop (:func:`~sap_rl.rl.evaluate.play_wrapped`): one env at a
+- ``wrapper fgsm``: the plain user loop (:func:`~sap_rl.rl.play.play_wrapped`): one env at a
   time wrapped in :class:`~sap_rl.rl.perturb.PerturbObservation`, one game after the other;
 - ``batched clean`` and ``wrapper clean``: the same loops at eps = 0 (no attack), for the attack's
   overhead;
@@ -13,7 +13,7 @@ Ways of playing the same capped games of a real ALE game, measured side by side:
   emulation and frame handling that every loop pays per agent step;
 - ``workers fgsm`` (with ``--workers N`` > 1): what ``sap-rl evaluate --workers N`` does, N FGSM
   cells (eps, 2 eps, ...; games of the same length, all capped) played at the same time by
-  :func:`~sap_rl.rl.evaluate.play_cells` in N worker processes, each cell batched as above.
+  the grid engine's local executor in N worker processes, each cell batched as above.
   Starting the workers (spawned processes that import torch) is inside the timed region.
 
 After the rounds it times the network work alone, interleaved: one ``ObservationAttack.act`` (attack
@@ -54,20 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sap_rl.defenses import apply_defense
+    from sap_rl.grid import LocalExecutor, Work, set_threads, split_cell
     from sap_rl.rl.agent import QNetwork, load_agent
     from sap_rl.rl.envs import AtariPreprocessing, make_env, n_actions
-    from sap_rl.rl.evaluate import (
-        Cell,
-        EvalConfig,
+    from sap_rl.rl.eval_config import AtariEvalConfig, Cell
+    from sap_rl.rl.evaluate_cells import GamePlayer
+    from sap_rl.rl.perturb import ObservationAttack
+    from sap_rl.rl.play import (
         GamePolicy,
         agent_policy,
-        play_cells,
         play_matched_games,
         play_wrapped,
         random_game_policy,
-        set_threads,
     )
-    from sap_rl.rl.perturb import ObservationAttack
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--game", default="Pong")
@@ -126,15 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     def workers() -> int:
-        config = EvalConfig(
+        budgets = [args.eps * (i + 1) for i in range(args.workers)]
+        config = AtariEvalConfig(
             defenses=[args.defense], attacks=[args.attack], episodes=args.batched_games,
-            n_envs=args.n_envs, max_steps=args.max_steps, threads=args.threads,
+            n_envs=args.n_envs, max_steps=args.max_steps, threads=args.threads, eps=budgets,
             workers=args.workers,
         )  # fmt: skip
-        cells = [Cell(config.defenses[0], config.attacks[0], args.eps * (i + 1))
-                 for i in range(args.workers)]  # fmt: skip
-        return sum(g.length for _, games, _ in play_cells(net, args.game, config, cells)
-                   for g in games)  # fmt: skip
+        cells = [Cell(config.defenses[0], config.attacks[0], eps) for eps in config.eps[1:]]
+        units = [u for c in cells for u in split_cell(c.name, config.episodes, config.n_envs)]
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        work = Work(GamePlayer, (state, args.game, config), threads=args.threads)
+        with LocalExecutor(args.workers) as executor:
+            return sum(g["length"] for _, games, _ in executor.run(work, units) for g in games)
 
     modes = {
         f"batched {args.attack}": batched(args.eps),
