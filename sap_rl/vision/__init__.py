@@ -37,7 +37,7 @@ _EXPORTS = {
     "load_cifar10": "data",
     "load_dataset": "data",
     "load_digits": "data",
-    "EvalConfig": "evaluate",
+    "VisionEvalConfig": "evaluate",
     "ExpectedPrediction": "evaluate",
     "predict_proba": "evaluate",
     "DigitsCNN": "models",
@@ -57,7 +57,6 @@ _EXPORTS = {
 __all__ = [
     "AdversarialConfig",
     "DigitsCNN",
-    "EvalConfig",
     "ExpectedPrediction",
     "ImageDataset",
     "LRStage",
@@ -65,6 +64,7 @@ __all__ = [
     "ReliabilityBins",
     "ResNet20",
     "TrainConfig",
+    "VisionEvalConfig",
     "accuracy",
     "augment",
     "build_model",
@@ -97,7 +97,7 @@ if TYPE_CHECKING:
         load_dataset,
         load_digits,
     )
-    from sap_rl.vision.evaluate import EvalConfig, ExpectedPrediction, predict_proba
+    from sap_rl.vision.evaluate import ExpectedPrediction, VisionEvalConfig, predict_proba
     from sap_rl.vision.models import (
         DigitsCNN,
         ModelCard,

@@ -283,6 +283,18 @@ def _add_evaluate(sub: Any) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        help="where cells run: this machine (default) or a Ray cluster (RAY_ADDRESS, else a "
+        "local one; pip install 'sap-rl[ray]')",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        help="cells computed at a time, in processes or Ray actors; only the speed "
+        "(default: 1 locally, every CPU of a Ray cluster)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
 
@@ -298,12 +310,14 @@ _EVAL_FLAGS = {
     "examples": "examples",
     "batch_size": "batch_size",
     "seed": "seed",
+    "backend": "backend",
+    "workers": "workers",
 }
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from sap_rl.config import from_dict, load_yaml
-    from sap_rl.vision.evaluate import EvalConfig, evaluate
+    from sap_rl.vision.evaluate import VisionEvalConfig, evaluate
 
     _set_threads(args.threads)
     data: dict[str, Any] = load_yaml(args.config) if args.config else {}
@@ -311,7 +325,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             data[key] = value
-    config = from_dict(EvalConfig, data)
+    config = from_dict(VisionEvalConfig, data)
     out = args.out or Path("runs/vision-eval") / args.model.resolve().name
     started = time.perf_counter()
     rows = evaluate(

@@ -16,16 +16,19 @@ budget eps (pixel levels), the test images are attacked batch by batch and class
 - Attacks move away from the **true labels** by default (``labels: prediction`` uses the model's own
   clean prediction instead).
 
-Each (defense, attack, eps) cell is saved under ``cells/`` as soon as it is done (safetensors:
-per-example correctness, confidence and prediction), so an interrupted run resumes without
-redoing finished cells; a cell is reused only if it was made with the same model and settings.
+Each (defense, attack, eps) cell is one unit of work of the grid engine (:mod:`sap_rl.grid`): it
+runs on the ``local`` or ``ray`` backend, in this process or on ``workers`` others, and is saved
+under ``cells/`` as soon as it is done (safetensors: per-example correctness, confidence and
+prediction), so an interrupted run resumes without redoing finished cells; a cell is reused only
+if it was made with the same model and settings. A cell's seed comes from the settings and its
+name, so where it runs never changes it.
 The outputs (:func:`evaluate`) are ``summary.csv`` / ``summary.json`` (``mean`` = accuracy, ``n`` =
 test examples, ``relative`` = accuracy / the same defense's clean accuracy, ``normalized`` =
 (acc - 1/C) / (dense clean acc - 1/C)), ``calibration.csv`` (expected calibration error of every
 cell), ``accuracy.png`` and ``reliability.png``.
 
 Example:
-    >>> cfg = EvalConfig(eps=[0, 4], defenses=["dense"], attacks=["fgsm"], examples=8)
+    >>> cfg = VisionEvalConfig(eps=[0, 4], defenses=["dense"], attacks=["fgsm"], examples=8)
     >>> cfg.eps_values()
     [0.0, 4.0]
 """
@@ -37,9 +40,8 @@ import json
 import logging
 import math
 import os
-import platform
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,11 +49,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from sap_rl import __version__
 from sap_rl.attacks import AttackSpec, check_eot_samples, parse_attack
 from sap_rl.config import save_config, to_dict
 from sap_rl.defenses import DefenseSpec, parse_defense
 from sap_rl.errors import UserError
+from sap_rl.grid import Unit, Work, make_executor, run_grid, split_cell, versions
+from sap_rl.grid.executors import BACKENDS, Backend
+from sap_rl.grid.store import cell_path
 from sap_rl.io import check_out_dir, load_tensors, save_tensors
 from sap_rl.lock import output_lock
 from sap_rl.report import SummaryRow, plot_accuracy, summarize, write_csv, write_summary
@@ -63,8 +67,8 @@ from sap_rl.vision.train import resolve_device, seed_for
 
 __all__ = [
     "CellResult",
-    "EvalConfig",
     "ExpectedPrediction",
+    "VisionEvalConfig",
     "evaluate",
     "predict_proba",
 ]
@@ -77,7 +81,7 @@ CALIBRATION_COLUMNS = ("defense", "attack", "eps", "n", "accuracy", "ece", "mean
 
 
 @dataclass
-class EvalConfig:
+class VisionEvalConfig:
     """What :func:`evaluate` measures (also read from YAML: ``configs/vision/eval-*.yaml``).
 
     Attributes:
@@ -98,6 +102,9 @@ class EvalConfig:
         bins: confidence bins of the calibration error and reliability diagram.
         reliability_eps: attacked budget drawn in ``reliability.png`` beside the clean curve
             (``null``: 8 if measured, else the largest eps).
+        backend: where cells run: ``local`` or ``ray`` (:mod:`sap_rl.grid`); only the speed.
+        workers: cells computed at the same time, in processes or Ray actors (``null``: 1
+            locally, every CPU of a Ray cluster); only the speed.
     """
 
     eps: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
@@ -113,6 +120,8 @@ class EvalConfig:
     seed: int = 0
     bins: int = 15
     reliability_eps: float | None = None
+    backend: Backend = "local"
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -134,6 +143,10 @@ class EvalConfig:
             raise ValueError(f"eps values must be finite and >= 0 (pixel levels), got {self.eps}")
         if not self.defenses or not self.attacks:
             raise ValueError("at least one defense and one attack are needed")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
 
     def eps_values(self) -> list[float]:
         """Sorted distinct budgets, 0 included."""
@@ -196,7 +209,7 @@ def predict_proba(
 
 def evaluate(
     model_dir: str | os.PathLike[str],
-    config: EvalConfig,
+    config: VisionEvalConfig,
     out_dir: str | os.PathLike[str],
     *,
     data_root: str | os.PathLike[str] | None = None,
@@ -234,34 +247,25 @@ def evaluate(
         raise UserError(f"{model_dir}: the model's input shape or classes do not match the data")
     n = data.x_test.shape[0] if config.examples is None else min(config.examples, len(data.x_test))
     x, y = data.x_test[:n], data.y_test[:n]
-    # One writer per output folder: two runs would overwrite each other's cells and tables.
-    with output_lock(out):
+    specs = {
+        _cell_name(spec, attack, eps): (spec, attack, eps)
+        for spec in defenses
+        for attack, eps in [(None, 0.0)] + [(a, e) for a in attacks for e in eps_values if e > 0]
+    }
+    batches = -(-n // config.batch_size)
+    cells = {name: split_cell(name, batches, batches) for name in specs}  # a cell is one unit
+    work = Work(CellRunner, (model.cpu(), x, y, config, specs, device), threads=None)
+    # The executor first (joining a Ray cluster may fail: then nothing is written). One writer
+    # per output folder: two runs would overwrite each other's cells and tables.
+    with make_executor(config.backend, config.workers) as executor, output_lock(out):
         save_config(config, out / "eval_config.yaml")
-        fingerprint = _fingerprint(card, config, n, dev)
-
-        total_cells = len(defenses) * (1 + len(attacks) * (len(eps_values) - 1))
-        batches = -(-n // config.batch_size)
-        bar = _progress(total=total_cells * batches, quiet=quiet)
+        files = VisionCells(out, _fingerprint(card, config, n, dev))
+        run = run_grid(cells, files, work, executor, progress=not quiet, unit_name="batch")
         results: dict[tuple[str, str, float], CellResult] = {}
-        reused = 0
-        for spec in defenses:
-            defended = spec.apply(model).to(dev).eval()
-            todo: list[tuple[AttackSpec | None, float]] = [(None, 0.0)]
-            todo += [(attack, eps) for attack in attacks for eps in eps_values if eps > 0]
-            for attack, eps in todo:
-                name = CLEAN if attack is None else attack.name
-                bar.set_description(f"{spec.name} {name} eps={eps:g}")
-                path = out / CELLS_DIR / f"{spec.name}__{name}__eps{eps:g}.safetensors"
-                cell = _load_cell(path, fingerprint)
-                if cell is None:
-                    cell = _run_cell(defended, spec, attack, eps, x, y, config, dev, bar)
-                    _save_cell(path, cell, fingerprint)
-                else:
-                    reused += 1
-                    bar.update(batches)
-                results[(spec.name, name, eps)] = cell
-            del defended
-        bar.close()
+        for name, cell in run.done.items():
+            spec, attack, eps = specs[name]
+            results[(spec.name, CLEAN if attack is None else attack.name, eps)] = cell
+        reused = len(run.reused)
 
         # Records: one per test example and cell; the clean cell is eps = 0 of every attack.
         records: list[tuple[str, str, float, float]] = []
@@ -310,7 +314,7 @@ def evaluate(
             "wall_seconds": round(time.perf_counter() - started, 2),
             "cells": {"computed": len(results) - reused, "reused_from_earlier_run": reused},
             "device": str(dev),
-            "versions": _versions(),
+            "versions": versions(),
         }
         write_summary(out, rows, meta)
         write_csv(
@@ -340,6 +344,60 @@ def evaluate(
         return rows
 
 
+def _cell_name(spec: DefenseSpec, attack: AttackSpec | None, eps: float) -> str:
+    return f"{spec.name}__{CLEAN if attack is None else attack.name}__eps{eps:g}"
+
+
+class CellRunner:
+    """A worker's unit runner: the model and test images, sent once; one cell per unit."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: VisionEvalConfig,
+        specs: dict[str, tuple[DefenseSpec, AttackSpec | None, float]],
+        device: str,
+    ) -> None:
+        self.model, self.x, self.y, self.config, self.specs = model, x, y, config, specs
+        self.device = resolve_device(device)
+        self.defended: dict[str, nn.Module] = {}
+
+    def __call__(self, unit: Unit, report: Callable[[int], None]) -> CellResult:
+        spec, attack, eps = self.specs[unit.cell]
+        if spec.name not in self.defended:  # one defended copy per defense, kept
+            self.defended = {spec.name: spec.apply(self.model).to(self.device).eval()}
+        defended = self.defended[spec.name]
+        return _run_cell(defended, spec, attack, eps, self.x, self.y, self.config, self.device,
+                         _Report(report))  # fmt: skip
+
+
+class _Report:
+    """The progress bar interface ``_run_cell`` updates, forwarded to a runner's report."""
+
+    def __init__(self, report: Callable[[int], None]) -> None:
+        self.update = report
+
+
+class VisionCells:
+    """Cells as ``cells/<cell>.safetensors`` (:class:`sap_rl.grid.engine.CellFiles`).
+
+    A cell made with other settings is computed again (its file is replaced).
+    """
+
+    def __init__(self, out: Path, fingerprint: str) -> None:
+        self.out, self.fingerprint = out, fingerprint
+
+    def load(self, cell: str) -> CellResult | None:
+        return _load_cell(cell_path(self.out, cell, ".safetensors"), self.fingerprint)
+
+    def save(self, cell: str, results: list[Any]) -> CellResult:
+        (result,) = results
+        _save_cell(cell_path(self.out, cell, ".safetensors"), result, self.fingerprint)
+        return result
+
+
 def _run_cell(
     defended: nn.Module,
     spec: DefenseSpec,
@@ -347,7 +405,7 @@ def _run_cell(
     eps: float,
     x: torch.Tensor,
     y: torch.Tensor,
-    config: EvalConfig,
+    config: VisionEvalConfig,
     device: torch.device,
     bar: Any,
 ) -> CellResult:
@@ -383,7 +441,7 @@ def _run_cell(
     return CellResult(torch.cat(correct), torch.cat(confidence), torch.cat(prediction))
 
 
-def _fingerprint(card: ModelCard, config: EvalConfig, n: int, device: torch.device) -> str:
+def _fingerprint(card: ModelCard, config: VisionEvalConfig, n: int, device: torch.device) -> str:
     """Everything a cell's numbers depend on besides its (defense, attack, eps) name."""
     keys = ["mc_samples", "grad_samples", "eot_samples", "labels", "batch_size", "max_batch"]
     keys.append("seed")
@@ -421,25 +479,7 @@ def _load_cell(path: Path, fingerprint: str) -> CellResult | None:
         return None
 
 
-def _reliability_eps(config: EvalConfig, eps_values: list[float]) -> float:
+def _reliability_eps(config: VisionEvalConfig, eps_values: list[float]) -> float:
     if config.reliability_eps is not None and float(config.reliability_eps) in eps_values:
         return float(config.reliability_eps)
     return 8.0 if 8.0 in eps_values else eps_values[-1]
-
-
-def _progress(*, total: int, quiet: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="batch", dynamic_ncols=True,
-                disable=quiet or not sys.stderr.isatty())  # fmt: skip
-
-
-def _versions() -> dict[str, str]:
-    import numpy
-
-    return {
-        "sap_rl": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }

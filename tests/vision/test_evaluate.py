@@ -18,7 +18,7 @@ import sap_rl.vision.evaluate as evaluate_module
 from sap_rl.config import from_dict
 from sap_rl.errors import UserError
 from sap_rl.vision.calibration import expected_calibration_error, reliability_bins
-from sap_rl.vision.evaluate import EvalConfig, ExpectedPrediction, evaluate, predict_proba
+from sap_rl.vision.evaluate import ExpectedPrediction, VisionEvalConfig, evaluate, predict_proba
 
 
 def test_ece_known_values() -> None:
@@ -78,18 +78,23 @@ def test_expected_prediction_averages_softmax() -> None:
 
 
 def test_eval_config_validation() -> None:
-    assert EvalConfig().eps_values() == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
-    assert EvalConfig(eps=[4, 2]).eps_values() == [0.0, 2.0, 4.0]
-    assert (EvalConfig().mc_samples, EvalConfig().attacks) == (100, ["fgsm", "fgsm-eot", "pgd-10"])
+    assert VisionEvalConfig().eps_values() == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    assert VisionEvalConfig(eps=[4, 2]).eps_values() == [0.0, 2.0, 4.0]
+    assert (VisionEvalConfig().mc_samples, VisionEvalConfig().attacks) == (
+        100,
+        ["fgsm", "fgsm-eot", "pgd-10"],
+    )
     with pytest.raises(UserError, match="mc_sample"):
-        from_dict(EvalConfig, {"mc_samples": 0})
+        from_dict(VisionEvalConfig, {"mc_samples": 0})
     with pytest.raises(UserError, match="eps"):
-        from_dict(EvalConfig, {"eps": [-1]})
+        from_dict(VisionEvalConfig, {"eps": [-1]})
     # Passes per gradient are bounded (a typo must not run for days); the bound is named.
-    assert from_dict(EvalConfig, {"eot_samples": 1000, "grad_samples": 1000}).eot_samples == 1000
+    assert (
+        from_dict(VisionEvalConfig, {"eot_samples": 1000, "grad_samples": 1000}).eot_samples == 1000
+    )
     for key in ("eot_samples", "grad_samples"):
         with pytest.raises(UserError, match=f"{key} must be an integer from 1 to 1000, got 1001"):
-            from_dict(EvalConfig, {key: 1001})
+            from_dict(VisionEvalConfig, {key: 1001})
 
 
 SMALL = {
@@ -108,7 +113,7 @@ SMALL = {
 @pytest.fixture(scope="module")
 def small_run(digits_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("eval")
-    evaluate(digits_model_dir, from_dict(EvalConfig, SMALL), out, quiet=True)
+    evaluate(digits_model_dir, from_dict(VisionEvalConfig, SMALL), out, quiet=True)
     return out
 
 
@@ -155,7 +160,7 @@ def test_rerun_reuses_cells(
         raise AssertionError("a finished cell was recomputed")
 
     monkeypatch.setattr(evaluate_module, "_run_cell", boom)
-    evaluate(digits_model_dir, from_dict(EvalConfig, SMALL), small_run, quiet=True)
+    evaluate(digits_model_dir, from_dict(VisionEvalConfig, SMALL), small_run, quiet=True)
     assert (small_run / "summary.csv").read_text() == before
 
 
@@ -177,7 +182,7 @@ def test_changed_settings_invalidate_cells(
     mp = pytest.MonkeyPatch()
     mp.setattr(evaluate_module, "_run_cell", counting)
     try:
-        evaluate(digits_model_dir, from_dict(EvalConfig, settings_), out, quiet=True)
+        evaluate(digits_model_dir, from_dict(VisionEvalConfig, settings_), out, quiet=True)
     finally:
         mp.undo()
     assert len(calls) == 2  # clean and eps 32: the old cells had another seed
@@ -186,16 +191,20 @@ def test_changed_settings_invalidate_cells(
 def test_evaluation_is_reproducible(digits_model_dir: Path, tmp_path: Path) -> None:
     settings_ = {**SMALL, "defenses": ["sap-100"], "attacks": ["pgd-2"], "eps": [8],
                  "examples": 16}  # fmt: skip
-    a = evaluate(digits_model_dir, from_dict(EvalConfig, settings_), tmp_path / "a", quiet=True)
-    b = evaluate(digits_model_dir, from_dict(EvalConfig, settings_), tmp_path / "b", quiet=True)
+    a = evaluate(
+        digits_model_dir, from_dict(VisionEvalConfig, settings_), tmp_path / "a", quiet=True
+    )
+    b = evaluate(
+        digits_model_dir, from_dict(VisionEvalConfig, settings_), tmp_path / "b", quiet=True
+    )
     assert a == b
 
 
 def test_unknown_names_are_user_errors(digits_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown defense"):
-        evaluate(digits_model_dir, EvalConfig(defenses=["sap"]), tmp_path, quiet=True)
+        evaluate(digits_model_dir, VisionEvalConfig(defenses=["sap"]), tmp_path, quiet=True)
     with pytest.raises(UserError, match="unknown attack"):
-        evaluate(digits_model_dir, EvalConfig(attacks=["cw"]), tmp_path, quiet=True)
+        evaluate(digits_model_dir, VisionEvalConfig(attacks=["cw"]), tmp_path, quiet=True)
 
 
 def test_a_locked_out_folder_is_refused_and_left_alone(
@@ -204,5 +213,5 @@ def test_a_locked_out_folder_is_refused_and_left_alone(
     out = tmp_path / "out"
     holder = lock_holder(out)  # another process evaluating into the same folder
     with pytest.raises(UserError, match=f"is in use by another run \\(pid {holder.pid} "):
-        evaluate(digits_model_dir, from_dict(EvalConfig, SMALL), out, quiet=True)
+        evaluate(digits_model_dir, from_dict(VisionEvalConfig, SMALL), out, quiet=True)
     assert [p.name for p in out.iterdir()] == [".lock"]

@@ -35,13 +35,13 @@ def test_committed_configs_match_presets(dataset: str) -> None:
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_committed_config_parses(path: Path) -> None:
-    from sap_rl.vision.evaluate import EvalConfig
+    from sap_rl.vision.evaluate import VisionEvalConfig
     from sap_rl.vision.prune import PruneConfig
 
     kind = path.name.split("-")[0]
-    cls: type[Any] = {"eval": EvalConfig, "prune": PruneConfig}.get(kind, TrainConfig)
+    cls: type[Any] = {"eval": VisionEvalConfig, "prune": PruneConfig}.get(kind, TrainConfig)
     config = load_config(cls, path)
-    if isinstance(config, EvalConfig):
+    if isinstance(config, VisionEvalConfig):
         from sap_rl.attacks import parse_attack
         from sap_rl.defenses import parse_defense
 
