@@ -6,6 +6,7 @@ Modules:
     objectives: PGD-AT, TRADES and MART losses (also used by ``sap-rl vision train``).
     harp: the pruning and fine-tuning loop, :func:`harp_prune`.
     export: masks in the weights file, counts of kept weights, parameters and FLOPs.
+    cli: the flags ``sap-rl vision prune`` and ``sap-rl prune`` share.
 
 Example:
     >>> from sap_rl.pruning import HarpConfig
@@ -15,36 +16,44 @@ Example:
 
 from __future__ import annotations
 
-from sap_rl.pruning.budget import (
-    STRATEGIES,
-    LayerCost,
-    fit_counts,
-    hardware_loss,
-    initial_rates,
-    lamp_scores,
-    layer_costs,
-)
-from sap_rl.pruning.export import (
-    MASK_PREFIX,
-    SparsityStats,
-    check_masks,
-    mask_tensors,
-    sparsity_stats,
-    split_masks,
-)
-from sap_rl.pruning.harp import EpochLog, HarpConfig, HarpResult, harp_prune
-from sap_rl.pruning.masking import (
-    MaskedLayer,
-    TopKMask,
-    keep_rate,
-    kept_count,
-    masked_layers,
-    prunable_layers,
-    unwrap_model,
-    weight_of,
-    wrap_model,
-)
-from sap_rl.pruning.objectives import DEFAULT_BETA, OBJECTIVES, adversarial_loss, check_objective
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names are imported on first use (PEP 562): ``sap-rl --help`` imports the flag helpers in
+# ``sap_rl.pruning.cli`` and should not pay for torch.
+
+_EXPORTS = {
+    "STRATEGIES": "budget",
+    "LayerCost": "budget",
+    "fit_counts": "budget",
+    "hardware_loss": "budget",
+    "initial_rates": "budget",
+    "lamp_scores": "budget",
+    "layer_costs": "budget",
+    "MASK_PREFIX": "export",
+    "SparsityStats": "export",
+    "check_masks": "export",
+    "mask_tensors": "export",
+    "sparsity_stats": "export",
+    "split_masks": "export",
+    "EpochLog": "harp",
+    "HarpConfig": "harp",
+    "HarpResult": "harp",
+    "harp_prune": "harp",
+    "MaskedLayer": "masking",
+    "TopKMask": "masking",
+    "keep_rate": "masking",
+    "kept_count": "masking",
+    "masked_layers": "masking",
+    "prunable_layers": "masking",
+    "unwrap_model": "masking",
+    "weight_of": "masking",
+    "wrap_model": "masking",
+    "DEFAULT_BETA": "objectives",
+    "OBJECTIVES": "objectives",
+    "adversarial_loss": "objectives",
+    "check_objective": "objectives",
+}
 
 __all__ = [
     "DEFAULT_BETA",
@@ -78,3 +87,53 @@ __all__ = [
     "weight_of",
     "wrap_model",
 ]
+
+if TYPE_CHECKING:
+    from sap_rl.pruning.budget import (
+        STRATEGIES,
+        LayerCost,
+        fit_counts,
+        hardware_loss,
+        initial_rates,
+        lamp_scores,
+        layer_costs,
+    )
+    from sap_rl.pruning.export import (
+        MASK_PREFIX,
+        SparsityStats,
+        check_masks,
+        mask_tensors,
+        sparsity_stats,
+        split_masks,
+    )
+    from sap_rl.pruning.harp import EpochLog, HarpConfig, HarpResult, harp_prune
+    from sap_rl.pruning.masking import (
+        MaskedLayer,
+        TopKMask,
+        keep_rate,
+        kept_count,
+        masked_layers,
+        prunable_layers,
+        unwrap_model,
+        weight_of,
+        wrap_model,
+    )
+    from sap_rl.pruning.objectives import (
+        DEFAULT_BETA,
+        OBJECTIVES,
+        adversarial_loss,
+        check_objective,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sap_rl.pruning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"sap_rl.pruning.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -187,6 +187,7 @@ class AgentCard:
     human_normalized: float | None = None
     seed: int | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
+    pruning: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -231,11 +232,19 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def save_agent(path: str | os.PathLike[str], q_net: nn.Module, card: AgentCard) -> AgentCard:
+def save_agent(
+    path: str | os.PathLike[str],
+    q_net: nn.Module,
+    card: AgentCard,
+    *,
+    masks: dict[str, torch.Tensor] | None = None,
+) -> AgentCard:
     """Write ``model.safetensors`` + ``card.json`` into folder ``path`` (atomically, no pickle).
 
     ``q_net`` may be a :class:`QNetwork` or an SB3 ``policy.q_net``. The card's ``sha256``,
-    ``n_actions``, ``sap_rl_version`` and (if empty) ``trained_on`` are filled in.
+    ``n_actions``, ``sap_rl_version`` and (if empty) ``trained_on`` are filled in. ``masks`` (a
+    pruned network's ``{"<layer>.weight": bool}``, ``sap-rl prune``) are stored beside the
+    weights and checked by :func:`load_agent`.
 
     Returns:
         The card as written.
@@ -248,9 +257,11 @@ def save_agent(path: str | os.PathLike[str], q_net: nn.Module, card: AgentCard) 
         raise ValueError(f"not a Nature-CNN Q-network: keys {sorted(state)}")
     actions = int(state["head.weight"].shape[0])
     model_path = folder / MODEL_FILE
+    from sap_rl.pruning.export import mask_tensors
+
     save_tensors(
         model_path,
-        state,
+        {**state, **mask_tensors(masks or {})},
         metadata={"format": FORMAT, "game": card.game, "n_actions": str(actions)},
     )
     written = dataclasses.replace(
@@ -393,9 +404,12 @@ def load_agent(
             raise UserError(
                 f"agent {card.name!r} was trained on {card_game.name}, not {wanted.name}"
             )
-    state = load_tensors(model_path)
+    from sap_rl.pruning.export import check_masks, split_masks
+
+    state, masks = split_masks(load_tensors(model_path))
     _check_weights_game(model_path, card_game.name)
     state = _checked_float32(model_path, state)
+    check_masks(state, masks, str(model_path))  # a pruned agent's zeros are where its masks say
     head = state.get("head.weight")
     if head is None or head.ndim != 2:
         raise UserError(f"{model_path}: not a sap-rl Q-network (no 2-D 'head.weight')")

@@ -11,7 +11,7 @@ from typing import Any
 
 from sap_rl.cli_args import non_negative_int, positive_float, positive_int
 from sap_rl.errors import UserError
-from sap_rl.rl import evaluate_command
+from sap_rl.rl import evaluate_command, prune_command
 
 
 def register(subparsers: Any) -> None:
@@ -20,6 +20,7 @@ def register(subparsers: Any) -> None:
     _register_score(subparsers)
     _register_agents(subparsers)
     evaluate_command.register(subparsers)
+    prune_command.register(subparsers)
 
 
 def _register_train(subparsers: Any) -> None:

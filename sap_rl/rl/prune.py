@@ -1,0 +1,228 @@
+"""Prune an Atari agent with HARP by robust distillation (``sap-rl prune``).
+
+A Q-network has no labelled data set, so the objective is robust distillation on the agent's own
+states:
+
+1. play the dense agent (epsilon-greedy with a small epsilon for varied states, seeded games and
+   exploration) and keep every ``every``-th stacked frame until ``frames`` are collected;
+2. label each frame with the dense agent's greedy action on it (clean);
+3. run :func:`sap_rl.pruning.harp_prune` with the PGD-AT objective: the pruned network learns to
+   keep the dense agent's greedy action (cross-entropy over its Q-values as logits) on
+   PGD-perturbed frames (eps in pixel levels, like ``sap-rl evaluate --eps``);
+4. measure agreement with the dense agent's actions on held-out frames (the last ``holdout``
+   share), clean and under the same PGD attack;
+5. write an agent folder (:func:`sap_rl.rl.agent.save_agent`): pruned weights are zeros, the masks
+   are stored beside them, and the card's ``pruning`` section says what it was pruned from, how,
+   and its kept parameters and FLOPs. Its ``clean_score`` is left unmeasured (0 games): measure it
+   with ``sap-rl score DIR --write``.
+
+Example:
+    >>> cfg = from_dict(AgentPruneConfig, {"frames": 64, "harp": {"sparsity": 0.9}})
+    >>> cfg.harp.objective, cfg.harp.eps
+    ('pgd', 2.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sap_rl.config import from_dict, save_config
+from sap_rl.io import check_out_dir
+from sap_rl.lock import output_lock
+from sap_rl.pruning import EpochLog, HarpConfig, harp_prune, prunable_layers
+
+__all__ = ["AgentPruneConfig", "collect_frames", "prune_agent"]
+
+logger = logging.getLogger(__name__)
+
+
+def _default_harp() -> HarpConfig:
+    # PGD-5 at eps 2 pixel levels (the largest budget of the Atari study) with step 1.
+    return HarpConfig(sparsity=0.9, prune_epochs=5, finetune_epochs=10, eps=2.0, steps=5,
+                      step_size=1.0)  # fmt: skip
+
+
+@dataclass
+class AgentPruneConfig:
+    """Settings of ``sap-rl prune``; saved as ``prune.yaml`` beside the pruned agent.
+
+    Attributes:
+        frames: stacked frames (states) to collect by playing the dense agent.
+        every: keep every k-th state (consecutive states are nearly identical).
+        epsilon: exploration while collecting (labels are always the greedy action).
+        n_envs: games played side by side while collecting.
+        seed: seeds the games, the exploration and HARP (``harp.seed`` is set from it).
+        batch_size: frames per minibatch.
+        holdout: share of the frames (the last ones) kept out of training to measure agreement.
+        harp: HARP's settings (the objective must be ``pgd``: cross-entropy to the dense
+            agent's action on PGD frames).
+    """
+
+    frames: int = 4000
+    every: int = 2
+    epsilon: float = 0.05
+    n_envs: int = 4
+    seed: int = 0
+    batch_size: int = 64
+    holdout: float = 0.1
+    harp: HarpConfig = field(default_factory=_default_harp)
+
+    def __post_init__(self) -> None:
+        if self.frames < 2 or self.every < 1 or self.n_envs < 1 or self.batch_size < 1:
+            raise ValueError("frames must be >= 2; every, n_envs and batch_size >= 1")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.harp.objective != "pgd":
+            raise ValueError(
+                "agents are pruned by robust distillation, the pgd objective; "
+                f"{self.harp.objective} needs class labels with a meaning beyond the action"
+            )
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+def collect_frames(
+    q_net: torch.nn.Module,
+    game: str,
+    *,
+    frames: int,
+    every: int,
+    epsilon: float,
+    n_envs: int,
+    seed: int,
+    preprocessing: Any = None,
+) -> torch.Tensor:
+    """Play ``q_net`` epsilon-greedily and return ``frames`` stacked frames (uint8, NCHW).
+
+    Games are seeded ``seed, seed + 1, ...`` (one per env) and the exploration by ``seed``, so
+    the frames are the same on every run.
+    """
+    from sap_rl.rl.envs import greedy_policy, make_vec_env
+
+    venv = make_vec_env(game, n_envs, seed=seed, training=False, preprocessing=preprocessing)
+    policy = greedy_policy(q_net, epsilon=epsilon, seed=seed)
+    kept: list[np.ndarray] = []
+    count, step = 0, 0
+    try:
+        obs = np.asarray(venv.reset())
+        while count < frames:
+            if step % every == 0:
+                take = obs[: frames - count]
+                kept.append(take.copy())
+                count += take.shape[0]
+            next_obs, _, _, _ = venv.step(policy(obs))
+            obs = np.asarray(next_obs)
+            step += 1
+    finally:
+        venv.close()
+    return torch.from_numpy(np.concatenate(kept)[:frames])
+
+
+def _greedy(q_net: torch.nn.Module, frames: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([q_net(frames[i : i + batch].float()).argmax(dim=1)
+                          for i in range(0, frames.shape[0], batch)])  # fmt: skip
+
+
+def _agreement(
+    q_net: torch.nn.Module,
+    frames: torch.Tensor,
+    labels: torch.Tensor,
+    harp: HarpConfig,
+) -> tuple[float, float]:
+    """Share of frames where ``q_net`` picks ``labels``: clean, and under PGD towards another."""
+    from sap_rl.attacks import pgd
+
+    if frames.shape[0] == 0:
+        return float("nan"), float("nan")
+    clean = float((_greedy(q_net, frames) == labels).float().mean())
+    generator = torch.Generator().manual_seed(harp.seed)
+    hits = 0
+    for i in range(0, frames.shape[0], 128):
+        x, y = frames[i : i + 128].float(), labels[i : i + 128]
+        x_adv = pgd(q_net, x, harp.eps, steps=harp.steps, step_size=harp.step_size, target=y,
+                    generator=generator)  # fmt: skip
+        hits += int((_greedy(q_net, x_adv) == y).sum())
+    return clean, hits / frames.shape[0]
+
+
+def prune_agent(
+    agent_dir: str | os.PathLike[str],
+    config: AgentPruneConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    quiet: bool = False,
+) -> Any:
+    """Prune the agent in ``agent_dir`` into the agent folder ``out_dir``; returns its card.
+
+    Raises:
+        UserError: a bad agent folder, no prunable layer after ``harp.exclude``, a missing
+            device, or another run writing into ``out_dir`` (all before anything is written).
+    """
+    from sap_rl.devices import resolve_device
+    from sap_rl.rl.agent import AgentCard, Score, load_agent, save_agent
+    from sap_rl.rl.envs import AtariPreprocessing
+
+    out = check_out_dir(out_dir)
+    q_net, card = load_agent(agent_dir)
+    prunable_layers(q_net, config.harp.exclude)
+    dev = resolve_device(device)
+    fields = {f.name for f in dataclasses.fields(AtariPreprocessing)}
+    preprocessing = from_dict(AtariPreprocessing,
+                              {k: v for k, v in card.wrappers.items() if k in fields})  # fmt: skip
+    harp = dataclasses.replace(config.harp, seed=config.seed)
+    with output_lock(out):
+        save_config(config, out / "prune.yaml")
+        frames = collect_frames(q_net, card.game, frames=config.frames, every=config.every,
+                                epsilon=config.epsilon, n_envs=config.n_envs, seed=config.seed,
+                                preprocessing=preprocessing)  # fmt: skip
+        labels = _greedy(q_net, frames)
+        n_train = max(1, frames.shape[0] - int(config.holdout * frames.shape[0]))
+        train_x, train_y = frames[:n_train], labels[:n_train]
+
+        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            order = torch.randperm(n_train, generator=generator)
+            for i in range(0, n_train, config.batch_size):
+                index = order[i : i + config.batch_size]
+                yield train_x[index].float(), train_y[index]
+
+        def on_epoch(log: EpochLog) -> None:
+            if not quiet:
+                print(f"{log.phase} {log.epoch}: loss {log.loss:.3f}, action agreement under "
+                      f"PGD {log.accuracy:.3f}, kept {log.kept:.4f}", file=sys.stderr)  # fmt: skip
+
+        result = harp_prune(q_net, batches, harp, device=dev, on_epoch=on_epoch)
+        clean, robust = _agreement(result.model, frames[n_train:], labels[n_train:], harp)
+        pruning: dict[str, Any] = {
+            **result.card(harp, card.name),
+            "method": "harp robust distillation",
+            "source": {"name": card.name, "path": str(Path(agent_dir)), "sha256": card.sha256},
+            "distillation": {
+                "frames": int(frames.shape[0]), "train_frames": n_train, "every": config.every,
+                "epsilon": config.epsilon, "seed": config.seed,
+                "loss": "cross-entropy to the dense agent's greedy action on PGD frames",
+                "heldout_agreement_clean": clean, "heldout_agreement_pgd": robust,
+            },
+        }  # fmt: skip
+        pruned = AgentCard(
+            name=out.resolve().name, game=card.game, env_id=card.env_id,
+            algorithm=f"{card.algorithm} + HARP", timesteps=card.timesteps,
+            hyperparameters=card.hyperparameters, wrappers=card.wrappers, clean_score=Score(),
+            random_score=card.random_score, seed=card.seed, evaluation=card.evaluation,
+            pruning=pruning,
+        )  # fmt: skip
+        return save_agent(out, result.model, pruned, masks=result.masks)
