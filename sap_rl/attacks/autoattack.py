@@ -26,6 +26,11 @@ adapts sap-rl's conventions to it:
   the verdict of one draw, and the evaluator's fresh draws should see the strongest point found,
   so the wrappers call the library's single-run routine and make that choice themselves (one run,
   no restarts, as AutoAttack's ``rand`` version).
+- **Models with per-row context.** The library may call the model on a subset of the batch (Square
+  drops the examples it has fooled; a per-example ``eps`` runs once per distinct value). A model
+  whose output for one row depends on more than that row of its input (the RL attack's model of
+  the newest frame, which holds the older frames of every row) must have a ``rows(index)`` method
+  that returns the model for those rows; Square then attacks such a model one example at a time.
 - **Modes and gradients.** The model runs in eval mode with its train/eval flags restored
   afterwards; the library takes gradients with ``torch.autograd.grad`` with respect to the input
   only, so no parameter gradients are accumulated.
@@ -172,7 +177,16 @@ def _eps_groups(x: torch.Tensor, eps_t: torch.Tensor) -> list[tuple[torch.Tensor
 
 def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad():
-        return int(model(x[:1]).reshape(1, -1).shape[1])
+        return int(model(x).reshape(x.shape[0], -1).shape[1])
+
+
+def _rows(model: nn.Module, index: torch.Tensor, batch: int) -> nn.Module:
+    """``model`` for the rows ``index`` of a batch of ``batch`` rows (see "per-row context")."""
+    restrict = getattr(model, "rows", None)
+    if restrict is None or index.numel() == batch:  # indices are distinct: all rows, in order
+        return model
+    restricted: nn.Module = restrict(index)
+    return restricted
 
 
 def _run(
@@ -186,19 +200,28 @@ def _run(
     max_batch: int | None,
     stochastic: bool,
     make: Any,
+    one_by_one: bool = False,
 ) -> torch.Tensor:
-    """Shared body: validate, fix labels and seed, run ``make(model01, eps01, seed, samples)``."""
+    """Shared body: validate, fix labels and seed, run ``make(model01, x01, y, eps01, seed, k)``.
+
+    ``one_by_one`` runs each example alone when the model has per-row context.
+    """
     eps_t = _validate(x, eps, samples)
     out = x.detach().clone()
+    batch = x.shape[0]
     with eval_mode(model, stochastic=stochastic):
         samples = _draws_needed(model, samples)
         groups = _eps_groups(x, eps_t)
         if not groups:
             return out
         labels = _labels(model, x, target, samples, max_batch, least_likely=False)
+        if one_by_one and batch > 1 and callable(getattr(model, "rows", None)):
+            groups = [
+                (index[i : i + 1], value) for index, value in groups for i in range(len(index))
+            ]
         seed = _library_seed(generator)
-        scaled = _UnitScale(model)
         for index, value in groups:
+            scaled = _UnitScale(_rows(model, index, batch))
             x01 = (x[index].detach() / PIXEL_MAX).float()
             with _seeded(seed, x.device):
                 adv01 = make(scaled, x01, labels[index], value / PIXEL_MAX, seed, samples)
@@ -338,5 +361,5 @@ def square(
 
     return _run(
         model, x, eps, target=target, samples=samples, generator=generator,
-        max_batch=max_batch, stochastic=stochastic, make=make,
+        max_batch=max_batch, stochastic=stochastic, make=make, one_by_one=True,
     )  # fmt: skip

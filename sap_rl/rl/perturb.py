@@ -112,6 +112,10 @@ class _NewestFrame(nn.Module):
         older = repeat_rows(self.older, newest.shape[0] // self.older.shape[0])
         return self.model(torch.cat([older, newest], dim=1))
 
+    def rows(self, index: torch.Tensor) -> _NewestFrame:
+        """This model for the rows ``index`` of the batch (for attacks that work on subsets)."""
+        return _NewestFrame(self.model, self.older[index])
+
 
 class ObservationAttack:
     """Attacks a batch of frame stacks against a (defended) Q-network: the batched path.
