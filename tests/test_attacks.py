@@ -1,8 +1,10 @@
-"""Tests of the attacks: budgets, mode restoration, agreement with ART, strength ordering, EOT."""
+"""Tests of the gradient attacks and attack names: budgets, mode restoration, agreement with ART,
+strength ordering, EOT, the margin loss and restarts (AutoAttack's: tests/test_autoattack.py)."""
 
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -10,13 +12,16 @@ import torch
 from torch import nn
 
 from sap_rl.attacks import (
+    MAX_ATTACK_RESTARTS,
     MAX_ATTACK_STEPS,
     MAX_EOT_SAMPLES,
+    MAX_SQUARE_QUERIES,
     AttackSpec,
     check_eot_samples,
     fgsm,
     fgsm_ll,
     input_gradient,
+    margin_loss,
     parse_attack,
     pgd,
     pgd_ll,
@@ -322,3 +327,116 @@ def test_eot_on_a_deterministic_model_is_the_plain_attack_in_one_pass(
         assert calls == [8, 8, 8]  # dense attack on a SAP model: labels + 2 steps, one draw each
     finally:
         hook.remove()
+
+
+def test_margin_loss() -> None:
+    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, -1.0]])
+    assert margin_loss(logits, torch.tensor([0, 0])).tolist() == [-1.0, 5.0]
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        margin_loss(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
+
+
+def test_cw_pgd_stays_in_the_ball_and_fools(digits_model: nn.Module, digits: tuple) -> None:
+    x, y = digits[2][:64], digits[3][:64]
+    g = torch.Generator().manual_seed(0)
+    x_adv = pgd(digits_model, x, 32.0, steps=10, target=y, loss="cw", generator=g)
+    assert float((x_adv - x).abs().max()) <= 32.0 + 1e-4
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 255.0
+    assert accuracy(digits_model, x_adv, y) < 0.5 * accuracy(digits_model, x, y)
+    # Its gradient is that of the margin: up the runner-up logit, down the label's.
+    g_cw = input_gradient(digits_model, x[:4], y[:4], loss="cw")
+    g_ce = input_gradient(digits_model, x[:4], y[:4])
+    assert g_cw.shape == g_ce.shape and not torch.equal(g_cw, g_ce)
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_restarts_are_never_worse_than_their_first_run(
+    digits_model: nn.Module, digits: tuple, loss: str
+) -> None:
+    x, y = digits[2][:48], digits[3][:48]
+
+    def run(restarts: int) -> torch.Tensor:
+        return pgd(
+            digits_model, x, 6.0, steps=3, target=y, loss=loss, restarts=restarts,  # type: ignore[arg-type]
+            generator=torch.Generator().manual_seed(4),
+        )  # fmt: skip
+
+    one, five = run(1), run(5)
+    assert torch.equal(run(1), one)  # the first run is the single run of the same seed
+    with torch.no_grad():
+        z1, z5 = digits_model(one), digits_model(five)
+    fooled1, fooled5 = z1.argmax(dim=1) != y, z5.argmax(dim=1) != y
+    assert bool((fooled5 >= fooled1).all())  # never loses an example the first run fooled
+    if loss == "cw":
+        value1, value5 = margin_loss(z1, y), margin_loss(z5, y)
+    else:
+        value1 = nn.functional.cross_entropy(z1, y, reduction="none")
+        value5 = nn.functional.cross_entropy(z5, y, reduction="none")
+    same = fooled1 == fooled5
+    assert bool((value5[same] >= value1[same] - 1e-6).all())
+    assert int(fooled5.sum()) > int(fooled1.sum()) or bool((value5 > value1 + 1e-6).any())
+    assert float((five - x).abs().max()) <= 6.0 + 1e-4
+
+
+def test_restarts_need_a_random_start(digits_model: nn.Module) -> None:
+    x = torch.rand(2, 1, 8, 8) * 255
+    with pytest.raises(ValueError, match="need random_start"):
+        pgd(digits_model, x, 2.0, steps=2, restarts=2, random_start=False)
+    with pytest.raises(ValueError, match="restarts must be"):
+        pgd(digits_model, x, 2.0, steps=2, restarts=0)
+    with pytest.raises(ValueError, match="loss must be"):
+        pgd(digits_model, x, 2.0, steps=2, loss="dlr")  # type: ignore[arg-type]
+    # pgd-<k>-ll-r<n> starts every run at random (Kurakin's iter l.l. has no random start).
+    x_adv = parse_attack("pgd-2-ll-r2").run(digits_model, x, 2.0, generator=torch.Generator())
+    assert float((x_adv - x).abs().max()) <= 2.0 + 1e-4
+
+
+@pytest.mark.parametrize(
+    ("name", "spec"),
+    [
+        ("pgd-10-cw", AttackSpec("pgd-10-cw", "pgd", steps=10, loss="cw")),
+        (
+            "pgd-20-cw-r5-eot",
+            AttackSpec("pgd-20-cw-r5-eot", "pgd", 20, eot=True, loss="cw", restarts=5),
+        ),
+        ("pgd-7-r3", AttackSpec("pgd-7-r3", "pgd", steps=7, restarts=3)),
+        ("pgd-7-ll-r2", AttackSpec("pgd-7-ll-r2", "pgd", steps=7, least_likely=True, restarts=2)),
+        ("apgd-ce", AttackSpec("apgd-ce", "apgd", steps=100)),
+        ("APGD-DLR-EOT", AttackSpec("apgd-dlr-eot", "apgd", steps=100, eot=True, loss="dlr")),
+        ("apgd-ce-25-eot", AttackSpec("apgd-ce-25-eot", "apgd", steps=25, eot=True)),
+        ("square", AttackSpec("square", "square", steps=5000, loss="margin")),
+        ("square-1000-eot", AttackSpec("square-1000-eot", "square", 1000, eot=True, loss="margin")),
+    ],
+)
+def test_parse_new_attacks(name: str, spec: AttackSpec) -> None:
+    assert parse_attack(name) == spec
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["pgd-10-cw-ll", "pgd-10-ll-cw", "pgd-10-r0", "pgd-10-eot-r5", "pgd-10-r", "fgsm-cw",
+     "fgsm-r2", "apgd", "apgd-cw", "apgd-ce-0", "apgd-ce-ll", "square-", "square-0", "square-ll",
+     "transfer-pgd-10", "worst"],
+)  # fmt: skip
+def test_parse_rejects_malformed_new_names(name: str) -> None:
+    with pytest.raises(UserError, match="valid attacks") as err:
+        parse_attack(name)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("pgd-10-r101", "at most 100 restarts (-r1 to -r100)"),
+        ("pgd-10-cw-r" + "9" * 3000, "at most 100 restarts"),
+        ("apgd-ce-1001", "at most 1000 APGD steps (apgd-ce-1 to apgd-ce-1000)"),
+        ("apgd-dlr-5000-eot", "at most 1000 APGD steps (apgd-dlr-1 to apgd-dlr-1000)"),
+        ("square-10001", "at most 10000 Square queries (square-1 to square-10000)"),
+    ],
+)
+def test_new_counts_are_bounded(name: str, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        parse_attack(name)
+    assert len(str(err.value)) < 120
+    assert parse_attack("pgd-1000-cw-r100").restarts == MAX_ATTACK_RESTARTS == 100
+    assert parse_attack("square-10000").steps == MAX_SQUARE_QUERIES == 10000
