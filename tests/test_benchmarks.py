@@ -66,3 +66,21 @@ def test_bench_eot_prints_speedup(defenses: str) -> None:
     row = re.search(rf"^{re.escape(defenses)}\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)x$", out, re.M)
     assert row is not None, out
     assert all(float(value) > 0.0 for value in row.groups())
+
+
+def test_bench_replay_prints_bytes_and_sampling_time_per_buffer() -> None:
+    out = run_bench(
+        "bench_replay", "--buffer-size", "1000", "--fill", "60", "--batches", "3",
+        "--n-steps", "3",
+    )  # fmt: skip
+    rows = re.findall(
+        r"^(.+?)\s+replay bytes per 100k transitions: ([0-9.]+) GB; sample\(32\): ([0-9.]+) ms$",
+        out,
+        re.MULTILINE,
+    )
+    assert len(rows) == 3, out
+    gb = {name: float(size) for name, size, _ in rows}
+    assert all(float(ms) > 0.0 for _, _, ms in rows)
+    assert gb["each frame once (FrameReplayBuffer)"] <= 0.8
+    assert gb["each frame once (FrameReplayBuffer)"] < gb["whole stacks (FrameStackReplayBuffer)"]
+    assert gb["whole stacks (FrameStackReplayBuffer)"] < gb["SB3 ReplayBuffer"]
