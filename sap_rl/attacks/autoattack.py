@@ -77,8 +77,20 @@ APGD_STEPS = 100
 SQUARE_QUERIES = 5000
 
 ApgdLoss = Literal["ce", "dlr"]
-# The library's diagnostics (zero gradients under DLR) go to this logger, not to stdout.
-_LOG = logging.getLogger("sap_rl.attacks.autoattack")
+
+
+class _DebugLog(logging.LoggerAdapter):
+    """The library's warnings (points with a zero DLR gradient) as DEBUG records.
+
+    The library warns once per attacked batch; in RL that is once per agent step, thousands of
+    lines per game. Its words stay available with ``logging.DEBUG`` on this module's logger.
+    """
+
+    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+
+_LOG = _DebugLog(logging.getLogger(__name__), {})
 
 
 def autoattack_available() -> bool:
