@@ -33,7 +33,7 @@ from sap_rl.rl.agent import CARD_FILE, AgentCard, Score, load_agent
 from sap_rl.rl.envs import AtariPreprocessing, game_progress, summarize
 from sap_rl.rl.games import resolve_game
 from sap_rl.rl.train import evaluate_q_net, random_score
-from sap_rl.rl.train_config import EvalConfig, TrainConfig
+from sap_rl.rl.train_config import TrainConfig, TrainEvalConfig
 
 __all__ = ["ScoreResult", "card_changes", "score_agent", "scoring_config"]
 
@@ -49,7 +49,7 @@ def scoring_config(card: AgentCard, *, episodes: int, n_envs: int) -> TrainConfi
     fields = {f.name for f in dataclasses.fields(AtariPreprocessing)}
     env = {k: v for k, v in card.wrappers.items() if k in fields}
     seed = int(card.seed or 0)
-    eval_seed = int(card.evaluation.get("seed", seed + EvalConfig.seed_offset))
+    eval_seed = int(card.evaluation.get("seed", seed + TrainEvalConfig.seed_offset))
     if eval_seed < seed:
         raise UserError(f"card of {card.name!r}: evaluation seed {eval_seed} < seed {seed}")
     epsilon = float(card.evaluation.get("epsilon", 0.0))

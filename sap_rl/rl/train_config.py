@@ -120,7 +120,7 @@ class DQNConfig:
 
 
 @dataclass
-class EvalConfig:
+class TrainEvalConfig:
     """Evaluation on whole games with unclipped rewards (``training=False`` environments).
 
     ``freq`` counts environment steps between periodic evaluations (0 disables them);
@@ -157,7 +157,7 @@ class TrainConfig:
     progress_bar: bool = True
     dqn: DQNConfig = field(default_factory=DQNConfig)
     env: AtariPreprocessing = field(default_factory=AtariPreprocessing)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
 
     def __post_init__(self) -> None:
         _positive(self, "timesteps", "n_envs")
