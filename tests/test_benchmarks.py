@@ -84,3 +84,17 @@ def test_bench_replay_prints_bytes_and_sampling_time_per_buffer() -> None:
     assert gb["each frame once (FrameReplayBuffer)"] <= 0.8
     assert gb["each frame once (FrameReplayBuffer)"] < gb["whole stacks (FrameStackReplayBuffer)"]
     assert gb["whole stacks (FrameStackReplayBuffer)"] < gb["SB3 ReplayBuffer"]
+
+
+def test_bench_attacks_prints_costs_next_to_fgsm() -> None:
+    out = run_bench(
+        "bench_attacks", "--attacks", "fgsm,apgd-ce-2-eot,square-3,pgd-2-cw-r2", "--rounds", "1",
+        "--images", "2", "--frames", "1", "--eot-samples", "2",
+    )  # fmt: skip
+    for domain in ("ms per image", "ms per agent step"):
+        assert domain in out, out
+    for name in ("fgsm", "apgd-ce-2-eot", "square-3", "pgd-2-cw-r2"):
+        rows = re.findall(rf"^{re.escape(name)}\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)
+        assert len(rows) == 2, out  # one row per domain
+        assert all(float(cost) > 0.0 for cost, _, _ in rows)
+    assert re.search(r"^fgsm\s+[0-9.]+\s+1\.0\s", out, re.M)  # the reference's own ratio
