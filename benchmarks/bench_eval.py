@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         agent_policy,
         play_matched_games,
         play_wrapped,
-        random_game_policy,
+        random_policy,
     )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return lambda: play_batched(agent_policy(ObservationAttack(model, args.attack, eps)))
 
     def emulators() -> int:
-        return play_batched(random_game_policy(n_actions(args.game), seed=0))
+        return play_batched(random_policy(n_actions(args.game), seed=0))
 
     def wrapper(eps: float) -> Callable[[], int]:
         def run() -> int:

@@ -17,13 +17,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sap_rl.rl.agent import AgentCard, QNetwork, load_agent, q_network_from_sb3, save_agent
     from sap_rl.rl.dqn import DoubleDQN
-    from sap_rl.rl.envs import (
-        make_env,
-        make_vec_env,
-        obs_to_tensor,
-        play_games,
-    )
+    from sap_rl.rl.envs import make_env, make_vec_env, obs_to_tensor
     from sap_rl.rl.games import resolve_game
+    from sap_rl.rl.play import play_matched_games
 
 # name -> module that defines it
 _LAZY = {
@@ -36,7 +32,7 @@ _LAZY = {
     "make_env": "sap_rl.rl.envs",
     "make_vec_env": "sap_rl.rl.envs",
     "obs_to_tensor": "sap_rl.rl.envs",
-    "play_games": "sap_rl.rl.envs",
+    "play_matched_games": "sap_rl.rl.play",
     "resolve_game": "sap_rl.rl.games",
 }
 
@@ -48,7 +44,7 @@ __all__ = [
     "make_env",
     "make_vec_env",
     "obs_to_tensor",
-    "play_games",
+    "play_matched_games",
     "q_network_from_sb3",
     "resolve_game",
     "save_agent",

@@ -37,7 +37,8 @@ Episodes and whole games
     whole game, ``l`` its length in agent steps (4 frames each, fire-reset steps included, no-op
     starts excluded) and ``truncated`` says the game hit the length cap. Games are capped at
     ``max_episode_frames = 108_000`` emulator frames (27,000 agent steps, 30 minutes of play), so a
-    stuck agent cannot hang an evaluation. :func:`play_games` counts whole games this way.
+    stuck agent cannot hang an evaluation. :func:`sap_rl.rl.play.play_matched_games` counts whole
+    games this way.
 
 Determinism
     Given the seed, observations, rewards and game ends are fully deterministic (the ALE is
@@ -55,12 +56,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -86,8 +85,6 @@ if TYPE_CHECKING:
     from stable_baselines3.common.vec_env import VecEnv
 
 logger = logging.getLogger(__name__)
-#: Per-game progress lines; the command line shows them at its default log level (sap_rl.cli).
-progress_logger = logging.getLogger("sap_rl.progress")
 
 FRAME_STACK = 4
 SCREEN_SIZE = 84
@@ -96,9 +93,6 @@ MAX_EPISODE_FRAMES = 108_000
 #: How :func:`make_vec_env` steps its games: in this process or one process per game.
 VecEnvKind = Literal["dummy", "subproc"]
 VEC_ENV_KINDS: tuple[str, ...] = get_args(VecEnvKind)
-
-#: A batched policy: ``(n_envs, 4, 84, 84)`` uint8 observations -> ``(n_envs,)`` int actions.
-BatchPolicy = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -393,162 +387,3 @@ def obs_to_tensor(obs: np.ndarray, device: str | torch.device = "cpu") -> torch.
             f"expected (B, C, H, W) or (C, H, W) observations, got shape {array.shape}"
         )
     return torch.as_tensor(array, device=device).to(torch.float32)
-
-
-def greedy_policy(
-    q_net: torch.nn.Module,
-    *,
-    device: str | torch.device = "cpu",
-    epsilon: float = 0.0,
-    seed: int = 0,
-) -> BatchPolicy:
-    """Batched (epsilon-)greedy policy of a Q-network, for :func:`play_games`.
-
-    Example:
-        >>> from sap_rl.rl.agent import QNetwork
-        >>> act = greedy_policy(QNetwork(6))
-        >>> act(np.zeros((2, 4, 84, 84), np.uint8)).shape
-        (2,)
-    """
-    rng = np.random.default_rng(seed)
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            q = q_net(obs_to_tensor(obs, device))
-        actions: np.ndarray = q.argmax(dim=1).cpu().numpy()
-        if epsilon > 0.0:
-            explore = rng.random(actions.shape[0]) < epsilon
-            actions = np.where(explore, rng.integers(q.shape[1], size=actions.shape[0]), actions)
-        return actions
-
-    return act
-
-
-def random_policy(n_actions: int, *, seed: int) -> BatchPolicy:
-    """Seeded uniform random policy over ``n_actions`` actions, for :func:`play_games`."""
-    rng = np.random.default_rng(seed)
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        return rng.integers(n_actions, size=len(obs))
-
-    return act
-
-
-@dataclass(frozen=True)
-class GameResult:
-    """One finished whole game: unclipped score, length in agent steps, env index, truncation."""
-
-    reward: float
-    length: int
-    env_index: int
-    truncated: bool
-
-
-def play_games(
-    venv: VecEnv,
-    policy: BatchPolicy,
-    n_games: int,
-    *,
-    on_game: Callable[[GameResult], None] | None = None,
-) -> list[GameResult]:
-    """Play exactly ``n_games`` whole games on ``venv`` and return them in a fixed order.
-
-    Env ``i`` plays games ``i, i + n_envs, ...`` (a fixed quota per env, so short games are not
-    over-represented, as in SB3's ``evaluate_policy``); results are ordered by (game slot, env).
-    The env is reset first; with a seeded ``venv`` and policy the result is deterministic.
-
-    Args:
-        venv: a vector env of evaluation envs (``training=False``: an episode is a whole game).
-        policy: batched policy, observations -> actions.
-        n_games: whole games to play (>= 1).
-        on_game: called with each game as it finishes (in finishing order), e.g. the callback of
-            :func:`game_progress`.
-
-    Example:
-        >>> venv = make_vec_env("Pong", 2, seed=0, training=False)
-        >>> games = play_games(venv, random_policy(venv.action_space.n, seed=0), 2)
-        >>> len(games), games[0].length > 0
-        (2, True)
-        >>> venv.close()
-    """
-    if n_games < 1:
-        raise UserError(f"the number of games must be >= 1, got {n_games}")
-    n_envs = venv.num_envs
-    quota = [(n_games + n_envs - 1 - i) // n_envs for i in range(n_envs)]
-    finished: list[list[GameResult]] = [[] for _ in range(n_envs)]
-    obs = venv.reset()
-    while any(len(finished[i]) < quota[i] for i in range(n_envs)):
-        actions = policy(np.asarray(obs))
-        obs, _, _, infos = venv.step(actions)
-        for i, info in enumerate(infos):
-            episode = info.get("episode")
-            if episode is not None and len(finished[i]) < quota[i]:
-                result = GameResult(
-                    reward=float(episode["r"]),
-                    length=int(episode["l"]),
-                    env_index=i,
-                    truncated=bool(episode.get("truncated", False)),
-                )
-                finished[i].append(result)
-                if on_game is not None:
-                    on_game(result)
-    ordered: list[GameResult] = []
-    for slot in range(max(quota)):
-        ordered.extend(finished[i][slot] for i in range(n_envs) if slot < len(finished[i]))
-    return ordered
-
-
-@contextlib.contextmanager
-def game_progress(
-    total: int, label: str, *, bar: bool = True
-) -> Iterator[Callable[[GameResult], None]]:
-    """A per-game progress report for :func:`play_games`' ``on_game``, as a context manager.
-
-    Whole games of a good agent last minutes, so a phase of 30 games is reported game by game:
-    with ``bar`` and stderr a terminal, a tqdm bar over games; otherwise one INFO log line per
-    finished game on the ``sap_rl.progress`` logger, which the command line shows unless
-    ``--log-level ERROR`` is given: that suits log files.
-
-    Args:
-        total: games the phase will play.
-        label: what is being played, e.g. ``"krull-ddqn: agent"``.
-        bar: allow the progress bar (``False``: log lines only).
-
-    Example:
-        >>> venv = make_vec_env("Breakout", 1, seed=0, training=False)
-        >>> with game_progress(1, "random policy", bar=False) as on_game:
-        ...     games = play_games(venv, random_policy(4, seed=0), 1, on_game=on_game)
-        >>> len(games)
-        1
-        >>> venv.close()
-    """
-    if bar and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
-        # logging_redirect_tqdm: log lines go above the bar instead of breaking it
-        game_bar = tqdm(total=total, desc=label, unit="game", dynamic_ncols=True)
-        with game_bar, logging_redirect_tqdm():
-
-            def update(game: GameResult) -> None:
-                game_bar.update(1)
-                game_bar.set_postfix(last=f"{game.reward:g}")
-
-            yield update
-        return
-    count = 0
-
-    def log(game: GameResult) -> None:
-        nonlocal count
-        count += 1
-        capped = " (hit the length cap)" if game.truncated else ""
-        progress_logger.info("%s: game %d/%d scored %g in %d steps%s",
-                    label, count, total, game.reward, game.length, capped)  # fmt: skip
-
-    yield log
-
-
-def summarize(games: Sequence[GameResult]) -> dict[str, float | int]:
-    """Mean, (population) std and count of the game scores."""
-    rewards = np.array([g.reward for g in games], dtype=np.float64)
-    return {"mean": float(rewards.mean()), "std": float(rewards.std()), "episodes": len(rewards)}

@@ -80,7 +80,7 @@ from sap_rl.rl.evaluate_cells import (
     write_episodes,
 )
 from sap_rl.rl.games import Game, resolve_game
-from sap_rl.rl.play import GameRecord, play_matched_games, random_game_policy
+from sap_rl.rl.play import GameRecord, play_matched_games, random_policy
 
 __all__ = ["EvalResult", "evaluate"]
 
@@ -216,7 +216,7 @@ def _random_score(
     try:
         n_actions = int(envs[0].action_space.n)  # type: ignore[attr-defined]
         games = play_matched_games(
-            envs, random_game_policy(n_actions, seed=config.seed), config.random_episodes,
+            envs, random_policy(n_actions, seed=config.seed), config.random_episodes,
             seed=config.seed,
         )  # fmt: skip
     finally:

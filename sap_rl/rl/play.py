@@ -1,4 +1,7 @@
-"""Playing whole Atari games with a (defended, attacked) agent: the policy, the loop, the record.
+"""Playing whole Atari games: the one play loop, game record and policy type of sap-rl.
+
+The study (``sap-rl evaluate``), training's periodic and final evaluation and ``sap-rl score``
+all play games here, with :func:`play_matched_games`, :class:`GameRecord` and :data:`GamePolicy`.
 
 Matched games
     Game ``g`` is played on an environment reset with seed ``seed + g``, whichever parallel
@@ -12,13 +15,16 @@ Policies
 
 Example:
     >>> envs = [make_env("Pong", training=False, preprocessing=preprocessing_for(30))]
-    >>> [g.seed for g in play_matched_games(envs, random_game_policy(6, seed=0), 2, seed=5)]
+    >>> [g.seed for g in play_matched_games(envs, random_policy(6, seed=0), 2, seed=5)]
     [5, 6]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,11 +42,17 @@ __all__ = [
     "GamePolicy",
     "GameRecord",
     "agent_policy",
+    "game_progress",
+    "greedy_policy",
+    "make_eval_envs",
     "play_matched_games",
     "play_wrapped",
     "preprocessing_for",
-    "random_game_policy",
+    "random_policy",
 ]
+
+#: Per-game progress lines; the command line shows them at its default log level (sap_rl.cli).
+progress_logger = logging.getLogger("sap_rl.progress")
 
 #: ``(n, 4, 84, 84)`` uint8 observations of the active games and their game indices -> actions.
 GamePolicy = Callable[[np.ndarray, Sequence[int]], np.ndarray]
@@ -91,11 +103,32 @@ def agent_policy(
     return act
 
 
-def random_game_policy(n_actions: int, *, seed: int) -> GamePolicy:
+def greedy_policy(
+    q_net: nn.Module,
+    *,
+    device: str | torch.device = "cpu",
+    epsilon: float = 0.0,
+    seed: int = 0,
+) -> GamePolicy:
+    """The (epsilon-)greedy policy of a Q-network, unattacked: :func:`agent_policy` of clean play.
+
+    ``q_net`` takes a float ``(B, 4, 84, 84)`` pixel batch (a :class:`~sap_rl.rl.agent.QNetwork`
+    or stable-baselines3's ``q_net``, which divides by 255 itself).
+
+    Example:
+        >>> from sap_rl.rl.agent import QNetwork
+        >>> greedy_policy(QNetwork(6))(np.zeros((2, 4, 84, 84), np.uint8), [0, 1]).shape
+        (2,)
+    """
+    return agent_policy(ObservationAttack(q_net, None, 0.0), device=device, epsilon=epsilon,
+                        seed=seed)  # fmt: skip
+
+
+def random_policy(n_actions: int, *, seed: int) -> GamePolicy:
     """Uniform random actions, game ``g`` drawing from a generator seeded by ``(seed, g)``.
 
     Example:
-        >>> random_game_policy(4, seed=0)(np.zeros((3, 4, 84, 84), np.uint8), [0, 1, 2]).shape
+        >>> random_policy(4, seed=0)(np.zeros((3, 4, 84, 84), np.uint8), [0, 1, 2]).shape
         (3,)
     """
     rngs: dict[int, np.random.Generator] = {}
@@ -127,12 +160,22 @@ def play_matched_games(
     one batch. ``envs`` must be evaluation envs (:func:`sap_rl.rl.envs.make_env` with
     ``training=False``): a game ends with ``info["episode"]``.
 
+    Args:
+        envs: evaluation envs, one per game played at once (all of them busy while enough games
+            are left).
+        policy: the batched policy.
+        n_games: games to play (>= 1).
+        seed: game ``g`` starts from an env reset with seed ``seed + g``.
+        first: index of the first game (a unit of a cell plays games ``first ..``).
+        on_game: called with each game as it finishes (in finishing order), e.g. the callback of
+            :func:`game_progress`.
+
     Returns:
         One record per game, in game order.
 
     Example:
         >>> envs = [make_env("Pong", training=False) for _ in range(2)]
-        >>> games = play_matched_games(envs, random_game_policy(6, seed=0), 1, seed=0)
+        >>> games = play_matched_games(envs, random_policy(6, seed=0), 1, seed=0)
         >>> [(g.episode, g.seed) for g in games]
         [(0, 0)]
     """
@@ -177,6 +220,73 @@ def play_matched_games(
                 on_game(record)
             start(slot)
     return [results[g] for g in range(first, first + n_games)]
+
+
+def make_eval_envs(
+    game: Game | str, n: int, preprocessing: AtariPreprocessing | None = None
+) -> list[gym.Env]:
+    """``n`` evaluation envs (whole games, raw scores) for :func:`play_matched_games`.
+
+    They are unseeded: :func:`play_matched_games` resets each game with its own seed.
+
+    Example:
+        >>> envs = make_eval_envs("Pong", 2)
+        >>> len(envs)
+        2
+        >>> for env in envs:
+        ...     env.close()
+    """
+    return [make_env(game, training=False, preprocessing=preprocessing) for _ in range(n)]
+
+
+@contextlib.contextmanager
+def game_progress(
+    total: int, label: str, *, bar: bool = True
+) -> Iterator[Callable[[GameRecord], None]]:
+    """A per-game progress report for :func:`play_matched_games`' ``on_game``.
+
+    Whole games of a good agent last minutes, so a phase of 30 games is reported game by game:
+    with ``bar`` and stderr a terminal, a tqdm bar over games; otherwise one INFO log line per
+    finished game on the ``sap_rl.progress`` logger, which the command line shows unless
+    ``--log-level ERROR`` is given: that suits log files.
+
+    Args:
+        total: games the phase will play.
+        label: what is being played, e.g. ``"krull-ddqn: agent"``.
+        bar: allow the progress bar (``False``: log lines only).
+
+    Example:
+        >>> envs = make_eval_envs("Breakout", 1, preprocessing_for(50))
+        >>> with game_progress(1, "random policy", bar=False) as on_game:
+        ...     games = play_matched_games(envs, random_policy(4, seed=0), 1, seed=0,
+        ...                                on_game=on_game)
+        >>> len(games)
+        1
+    """
+    if bar and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        # logging_redirect_tqdm: log lines go above the bar instead of breaking it
+        game_bar = tqdm(total=total, desc=label, unit="game", dynamic_ncols=True)
+        with game_bar, logging_redirect_tqdm():
+
+            def update(game: GameRecord) -> None:
+                game_bar.update(1)
+                game_bar.set_postfix(last=f"{game.reward:g}")
+
+            yield update
+        return
+    count = 0
+
+    def log(game: GameRecord) -> None:
+        nonlocal count
+        count += 1
+        capped = " (hit the length cap)" if game.truncated else ""
+        progress_logger.info("%s: game %d/%d scored %g in %d steps%s",
+                             label, count, total, game.reward, game.length, capped)  # fmt: skip
+
+    yield log
 
 
 def play_wrapped(

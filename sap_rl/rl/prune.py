@@ -109,7 +109,8 @@ def collect_frames(
     Games are seeded ``seed, seed + 1, ...`` (one per env) and the exploration by ``seed``, so
     the frames are the same on every run.
     """
-    from sap_rl.rl.envs import greedy_policy, make_vec_env
+    from sap_rl.rl.envs import make_vec_env
+    from sap_rl.rl.play import greedy_policy
 
     venv = make_vec_env(game, n_envs, seed=seed, training=False, preprocessing=preprocessing)
     policy = greedy_policy(q_net, epsilon=epsilon, seed=seed)
@@ -122,7 +123,8 @@ def collect_frames(
                 take = obs[: frames - count]
                 kept.append(take.copy())
                 count += take.shape[0]
-            next_obs, _, _, _ = venv.step(policy(obs))
+            # rows are envs: env i explores with its own seeded stream, whatever the others do
+            next_obs, _, _, _ = venv.step(policy(obs, range(n_envs)))
             obs = np.asarray(next_obs)
             step += 1
     finally:

@@ -2,7 +2,9 @@
 
 Training ends with ``eval.final_episodes`` games; a shipped agent's card needs more (the zoo uses
 30). :func:`score_agent` plays ``episodes`` whole games, greedy and unclipped, with the card's own
-preprocessing and evaluation seed, and plays a seeded uniform random policy on the same games. It
+preprocessing and evaluation seed, and plays a seeded uniform random policy on the same games,
+with the trainer's own scoring (:mod:`sap_rl.rl.scoring`): the card's first games are the ones it
+was scored on, and a card re-scored on as many games as it has gets its own numbers. It
 returns the card as it is and as it would be with the new scores; only with ``write=True`` does it
 replace ``card.json`` (atomically; the weights and their checksum are untouched), and it refuses to
 replace a score over more games than it played unless ``force=True``: a shipped card's 30-game
@@ -29,10 +31,11 @@ from typing import Any
 from sap_rl.config import from_dict
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_write_json
-from sap_rl.rl.agent import CARD_FILE, AgentCard, Score, load_agent
-from sap_rl.rl.envs import AtariPreprocessing, game_progress, summarize
+from sap_rl.rl.agent import CARD_FILE, AgentCard, load_agent
+from sap_rl.rl.envs import AtariPreprocessing
 from sap_rl.rl.games import resolve_game
-from sap_rl.rl.train import evaluate_q_net, random_score
+from sap_rl.rl.play import game_progress
+from sap_rl.rl.scoring import SCORING, agent_games, random_score, score_of
 from sap_rl.rl.train_config import TrainConfig, TrainEvalConfig
 
 __all__ = ["ScoreResult", "card_changes", "score_agent", "scoring_config"]
@@ -98,6 +101,7 @@ def card_changes(before: AgentCard, after: AgentCard) -> list[str]:
     human-normalized score (the one ``sap-rl evaluate`` picks its default agent by).
 
     Example:
+        >>> from sap_rl.rl.agent import Score
         >>> old = AgentCard(name="a", game="Krull", env_id="ALE/Krull-v5",
         ...                 clean_score=Score(3045.3, 976.9, 30), random_score=1686.0)
         >>> new = dataclasses.replace(old, clean_score=Score(2012.0, 0.0, 1))
@@ -176,23 +180,24 @@ def score_agent(
     cfg = scoring_config(card, episodes=episodes, n_envs=n_envs)
     start = time.perf_counter()
     with game_progress(episodes, f"{card.name}: agent", bar=progress) as on_game:
-        clean = summarize(evaluate_q_net(net, game, cfg, episodes=episodes, on_game=on_game))
+        clean = score_of(agent_games(net, game, cfg, episodes=episodes, on_game=on_game))
     with game_progress(episodes, f"{card.name}: random policy", bar=progress) as on_game:
         rand = random_score(game, cfg, episodes=episodes, on_game=on_game)
     wall = time.perf_counter() - start
     logger.info(
         "%s: %.2f +- %.2f over %d games (random %.2f) in %.0f s",
-        card.name, clean["mean"], clean["std"], episodes, rand["mean"], wall,
+        card.name, clean.mean, clean.std, episodes, rand.mean, wall,
     )  # fmt: skip
     updated = dataclasses.replace(
         card,
-        clean_score=Score(mean=clean["mean"], std=clean["std"], episodes=int(clean["episodes"])),
-        random_score=float(rand["mean"]),
+        clean_score=clean,
+        random_score=rand.mean,
         evaluation={
             **card.evaluation,
             "episodes": episodes,
+            **SCORING,
             "n_envs": cfg.eval.n_envs,
-            "random_policy_std": rand["std"],
+            "random_policy_std": rand.std,
             "scoring_wall_time_s": round(wall, 1),
         },
     ).with_reference_scores()

@@ -33,7 +33,6 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_write_text, check_out_dir
 from sap_rl.lock import output_lock
-from sap_rl.rl.agent import AgentCard, Score, q_network_from_sb3, save_agent, utc_now
+from sap_rl.rl.agent import AgentCard, q_network_from_sb3, save_agent, utc_now
 from sap_rl.rl.checkpoint import (
     CHECKPOINT_DIR,
     RunState,
@@ -60,17 +59,11 @@ from sap_rl.rl.checkpoint import (
     save_checkpoint,
 )
 from sap_rl.rl.dqn import DoubleDQN
-from sap_rl.rl.envs import (
-    GameResult,
-    game_progress,
-    greedy_policy,
-    make_vec_env,
-    play_games,
-    random_policy,
-    summarize,
-)
+from sap_rl.rl.envs import make_vec_env
 from sap_rl.rl.games import Game, resolve_game
+from sap_rl.rl.play import game_progress
 from sap_rl.rl.replay import FrameReplayBuffer
+from sap_rl.rl.scoring import SCORING, agent_games, eval_seed, random_score, score_of
 from sap_rl.rl.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -194,19 +187,17 @@ class _EvalAndCheckpoint(BaseCallback):
         return True
 
     def evaluate(self) -> dict[str, float]:
-        games = evaluate_q_net(
-            self._dqn().q_net, self.game, self.cfg, episodes=self.cfg.eval.episodes
-        )
-        stats = summarize(games)
+        games = agent_games(self._dqn().q_net, self.game, self.cfg, episodes=self.cfg.eval.episodes)
+        score = score_of(games)
         rewards = [g.reward for g in games]
         row = {
             "timesteps": float(self.num_timesteps),
             "wall_time_s": round(self.wall_time(), 1),
-            "mean": stats["mean"],
-            "std": stats["std"],
+            "mean": score.mean,
+            "std": score.std,
             "min": float(min(rewards)),
             "max": float(max(rewards)),
-            "episodes": float(stats["episodes"]),
+            "episodes": float(score.episodes),
             "mean_length": float(np.mean([g.length for g in games])),
         }
         self.state.evaluations.append(row)
@@ -260,66 +251,6 @@ def _write_eval_csv(out: Path, rows: list[dict[str, float]]) -> None:
             {k: (int(v) if k in ("timesteps", "episodes") else v) for k, v in row.items()}
         )
     atomic_write_text(out / "eval.csv", buffer.getvalue())
-
-
-def evaluate_q_net(
-    q_net: torch.nn.Module,
-    game: Game,
-    cfg: TrainConfig,
-    *,
-    episodes: int,
-    on_game: Callable[[GameResult], None] | None = None,
-) -> list[GameResult]:
-    """Play ``episodes`` whole games (unclipped scores) with the greedy policy of ``q_net``.
-
-    ``on_game`` is called with each finished game (a progress report, :func:`game_progress`).
-    """
-    device = next(q_net.parameters()).device
-    venv = make_vec_env(
-        game,
-        min(cfg.eval.n_envs, episodes),
-        seed=cfg.seed + cfg.eval.seed_offset,
-        training=False,
-        preprocessing=cfg.env,
-    )
-    was_training = q_net.training
-    q_net.eval()
-    try:
-        # SB3's q_net and our QNetwork both take a float pixel batch (SB3 divides by 255 itself).
-        policy = greedy_policy(
-            q_net, device=device, epsilon=cfg.eval.epsilon, seed=cfg.seed + cfg.eval.seed_offset
-        )
-        return play_games(venv, policy, episodes, on_game=on_game)
-    finally:
-        q_net.train(was_training)
-        venv.close()
-
-
-def random_score(
-    game: Game,
-    cfg: TrainConfig,
-    *,
-    episodes: int,
-    on_game: Callable[[GameResult], None] | None = None,
-) -> dict[str, float | int]:
-    """Score of a seeded uniform random policy on the same seeded games as the evaluation.
-
-    ``on_game`` is called with each finished game (a progress report, :func:`game_progress`).
-    """
-    venv = make_vec_env(
-        game,
-        min(cfg.eval.n_envs, episodes),
-        seed=cfg.seed + cfg.eval.seed_offset,
-        training=False,
-        preprocessing=cfg.env,
-    )
-    try:
-        n_actions = int(venv.action_space.n)  # type: ignore[attr-defined]
-        policy = random_policy(n_actions, seed=cfg.seed)
-        games = play_games(venv, policy, episodes, on_game=on_game)
-    finally:
-        venv.close()
-    return summarize(games)
 
 
 def _interrupt_on_sigterm() -> Any:
@@ -484,12 +415,10 @@ def _train_in(
     episodes = cfg.eval.final_episodes
     # Each phase plays minutes of whole games: report them game by game.
     with game_progress(episodes, "final games: agent", bar=cfg.progress_bar) as on_game:
-        clean = summarize(evaluate_q_net(q_net, resolved, cfg, episodes=episodes, on_game=on_game))
+        clean = score_of(agent_games(q_net, resolved, cfg, episodes=episodes, on_game=on_game))
     with game_progress(episodes, "final games: random policy", bar=cfg.progress_bar) as on_game:
         rand = random_score(resolved, cfg, episodes=episodes, on_game=on_game)
-    logger.info(
-        "final score %.2f (random %.2f) over %d games", clean["mean"], rand["mean"], episodes
-    )
+    logger.info("final score %.2f (random %.2f) over %d games", clean.mean, rand.mean, episodes)
 
     # 7. The agent folder: weights (safetensors) + card.
     card = AgentCard(
@@ -505,17 +434,18 @@ def _train_in(
             "policy": "CnnPolicy (Nature CNN)",
         },
         wrappers=cfg.env.describe(resolved),
-        clean_score=Score(mean=clean["mean"], std=clean["std"], episodes=int(clean["episodes"])),
-        random_score=float(rand["mean"]),
+        clean_score=clean,
+        random_score=rand.mean,
         trained_on=utc_now(),
         seed=cfg.seed,
         evaluation={
             "episodes": episodes,
             "policy": "greedy" if cfg.eval.epsilon == 0 else f"epsilon-greedy {cfg.eval.epsilon}",
             "epsilon": cfg.eval.epsilon,
-            "seed": cfg.seed + cfg.eval.seed_offset,
+            "seed": eval_seed(cfg),
+            **SCORING,
             "n_envs": min(cfg.eval.n_envs, episodes),
-            "random_policy_std": rand["std"],
+            "random_policy_std": rand.std,
             "whole_games": True,
             "unclipped_rewards": True,
             "max_episode_frames": cfg.env.max_episode_frames,

@@ -12,16 +12,12 @@ import pytest
 import torch
 
 from sap_rl.errors import UserError
-from sap_rl.rl.envs import (
-    AtariPreprocessing,
-    game_progress,
-    make_env,
-    make_vec_env,
-    n_actions,
-    obs_to_tensor,
-    play_games,
-    random_policy,
-)
+from sap_rl.rl.envs import AtariPreprocessing, make_env, make_vec_env, n_actions, obs_to_tensor
+from sap_rl.rl.play import game_progress, make_eval_envs, play_matched_games, random_policy
+
+
+def _noop(obs: np.ndarray, games: Any) -> np.ndarray:
+    return np.zeros(len(obs), dtype=np.int64)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -100,26 +96,20 @@ def test_whole_game_accounting_with_episodic_life() -> None:
 
 def test_eval_games_cannot_stall_waiting_to_fire() -> None:
     # A policy that never presses FIRE still finishes Breakout games (the life-loss fire).
-    venv = make_vec_env("Breakout", 2, seed=0, training=False)
-    games = play_games(venv, lambda obs: np.zeros(len(obs), dtype=np.int64), 2)
+    games = play_matched_games(make_eval_envs("Breakout", 2), _noop, 2, seed=0)
     assert all(g.length < 2000 and not g.truncated for g in games)
-    venv.close()
 
 
-def test_play_games_is_deterministic_with_fixed_quota() -> None:
-    def run() -> list[Any]:
-        venv = make_vec_env("Breakout", 3, seed=5, training=False)
-        try:
-            return play_games(venv, random_policy(4, seed=0), 5)
-        finally:
-            venv.close()
+def test_matched_games_are_deterministic_whatever_the_env_count() -> None:
+    def run(n_envs: int) -> list[Any]:
+        return play_matched_games(make_eval_envs("Breakout", n_envs), random_policy(4, seed=0), 5,
+                                  seed=5)  # fmt: skip
 
-    first, second = run(), run()
-    assert first == second
-    assert len(first) == 5
-    assert [g.env_index for g in first] == [0, 1, 2, 0, 1]
+    first = run(3)
+    assert first == run(3) == run(2)
+    assert [(g.episode, g.seed) for g in first] == [(g, 5 + g) for g in range(5)]
     with pytest.raises(UserError):
-        play_games(make_vec_env("Breakout", 1, seed=0, training=False), random_policy(4, seed=0), 0)
+        play_matched_games(make_eval_envs("Breakout", 1), random_policy(4, seed=0), 0, seed=0)
 
 
 class _Terminal(io.StringIO):
@@ -129,18 +119,15 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_play_games_reports_every_game_to_the_progress_hook(
+def test_matched_games_report_every_game_to_the_progress_hook(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def play(on_game: Any) -> list[Any]:
-        venv = make_vec_env("Breakout", 2, seed=5, training=False)
-        try:
-            return play_games(venv, random_policy(4, seed=0), 3, on_game=on_game)
-        finally:
-            venv.close()
+        return play_matched_games(make_eval_envs("Breakout", 2), random_policy(4, seed=0), 3,
+                                  seed=5, on_game=on_game)  # fmt: skip
 
     # not a terminal (pytest captures stderr): one INFO line per game, in finishing order
-    caplog.set_level(logging.INFO, logger="sap_rl.rl.envs")
+    caplog.set_level(logging.INFO, logger="sap_rl.progress")
     reported: list[Any] = []
     with game_progress(3, "demo") as log_game:
         games = play(lambda game: (reported.append(game), log_game(game)))
@@ -164,11 +151,9 @@ def test_play_games_reports_every_game_to_the_progress_hook(
 
 def test_episode_length_cap_truncates_whole_games() -> None:
     cap = AtariPreprocessing(max_episode_frames=400, noop_max=0)
-    venv = make_vec_env("Pong", 1, seed=0, training=False, preprocessing=cap)
-    games = play_games(venv, lambda obs: np.zeros(len(obs), dtype=np.int64), 1)
+    games = play_matched_games(make_eval_envs("Pong", 1, cap), _noop, 1, seed=0)
     assert games[0].truncated
     assert games[0].length == 400 // 4
-    venv.close()
 
 
 def test_action_counts_and_bad_arguments() -> None:

@@ -21,7 +21,7 @@ from sap_rl.rl.eval_config import AtariEvalConfig, Cell, plan_cells
 from sap_rl.rl.evaluate import evaluate
 from sap_rl.rl.evaluate_cells import EPISODE_COLUMNS
 from sap_rl.rl.perturb import ObservationAttack
-from sap_rl.rl.play import agent_policy, play_matched_games, play_wrapped, random_game_policy
+from sap_rl.rl.play import agent_policy, play_matched_games, play_wrapped, random_policy
 
 GAME = "Assault"
 N_ACTIONS = 7
@@ -102,7 +102,7 @@ def test_which_env_slot_plays_a_game_does_not_matter(net: QNetwork) -> None:
 def test_exactly_the_first_n_games_are_collected() -> None:
     envs = _envs(3, 400)
     finished: list[int] = []
-    games = play_matched_games(envs, random_game_policy(N_ACTIONS, seed=0), 4, seed=10,
+    games = play_matched_games(envs, random_policy(N_ACTIONS, seed=0), 4, seed=10,
                                on_game=lambda g: finished.append(g.episode))  # fmt: skip
     assert [g.episode for g in games] == [0, 1, 2, 3]
     assert [g.seed for g in games] == [10, 11, 12, 13]
@@ -243,7 +243,7 @@ def test_random_score_is_measured_once_and_cached(
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("random policy measured twice")
 
-    monkeypatch.setattr(module, "random_game_policy", fail)
+    monkeypatch.setattr(module, "random_policy", fail)
     evaluate(cfg, out, progress=False)
     meta = json.loads((out / "summary.json").read_text())
     assert meta["random_score"]["source"] == "measured, cached in random_score.json"

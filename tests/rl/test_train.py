@@ -133,10 +133,11 @@ def test_time_limit_stops_learning_and_finishes_the_run(
 ) -> None:
     cfg = resolve_train_config(yaml.safe_load(tiny_config_file.read_text()), game="Breakout")
     cfg.timesteps = 1_000_000
-    caplog.set_level(logging.INFO, logger="sap_rl.rl.envs")
+    caplog.set_level(logging.INFO, logger="sap_rl.progress")
     result = train("Breakout", cfg, out=tmp_path / "run", time_limit_s=1e-9)
     # the final games are reported one by one (no progress bar: not a terminal)
-    games = [r.getMessage().split(" scored ")[0] for r in caplog.records if r.name.endswith("envs")]
+    progress = [r for r in caplog.records if r.name == "sap_rl.progress"]
+    games = [r.getMessage().split(" scored ")[0] for r in progress]
     n = cfg.eval.final_episodes
     assert games == [f"final games: agent: game {i}/{n}" for i in range(1, n + 1)] + [
         f"final games: random policy: game {i}/{n}" for i in range(1, n + 1)
