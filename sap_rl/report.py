@@ -388,7 +388,8 @@ def markdown_table(rows: Sequence[SummaryRow], *, digits: int = 0) -> str:
         digits: decimals of the means (0 for game scores, 3 for accuracies).
 
     Example:
-        >>> rows = summarize([("dense", "fgsm", 0.0, 20.0), ("dense", "fgsm", 1.0, 9.5)])
+        >>> records = [("dense", "fgsm", 0.0, 20.0), ("dense", "fgsm", 1.0, 9.5)]
+        >>> rows = summarize(records, random_score=0.0)
         >>> print(markdown_table(rows))
         | defense | attack | clean | 1 |
         |---|---|---:|---:|
