@@ -223,3 +223,21 @@ def test_missing_library_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) ->
             parse_attack(name)
         assert "\n" not in str(err.value)
     assert parse_attack("pgd-10").kind == "pgd"  # the other attacks do not need it
+
+
+@pytest.mark.parametrize(
+    "name", ["fgsm-eot", "fgsm-ll", "pgd-3-cw-r2-eot", "pgd-2-ll-r2", "apgd-ce-3-eot", "square-20"]
+)
+def test_stochastic_false_attacks_the_dense_network(
+    digits_model: nn.Module, digits: tuple, name: str
+) -> None:
+    # The interface a transfer attack needs: made on the dense network (same weights), for the
+    # defended one.
+    x = digits[2][:6]
+    spec = parse_attack(name)
+    defended = apply_sap(copy.deepcopy(digits_model), 1.0)
+    on_dense = spec.run(digits_model, x, 4.0, generator=torch.Generator().manual_seed(0))
+    transfer = spec.run(
+        defended, x, 4.0, generator=torch.Generator().manual_seed(0), stochastic=False
+    )
+    assert torch.equal(transfer, on_dense)

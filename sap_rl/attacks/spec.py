@@ -117,11 +117,14 @@ class AttackSpec:
         eot_samples: int = 16,
         generator: torch.Generator | None = None,
         max_batch: int | None = None,
+        stochastic: bool = True,
     ) -> torch.Tensor:
         """Attack ``x`` with budget ``eps``; an all-zero budget returns ``x`` without a model call.
 
         ``eot_samples`` is used only by ``-eot`` attacks; ``generator`` seeds every random choice
-        of the attack (PGD starts, the AutoAttack code's seed).
+        of the attack (PGD starts, the AutoAttack code's seed). ``stochastic=False`` makes the
+        attack on the model with its stochastic layers off, i.e. on the dense network with the same
+        weights (a transfer attack, when the result is then given to the defended model).
 
         Example:
             >>> net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
@@ -138,24 +141,32 @@ class AttackSpec:
             return apgd(
                 model, x, eps, loss="dlr" if self.loss == "dlr" else "ce", steps=self.steps,
                 target=target, samples=samples, generator=generator, max_batch=max_batch,
+                stochastic=stochastic,
             )  # fmt: skip
         if self.kind == "square":
             return square(
                 model, x, eps, queries=self.steps, target=target, samples=samples,
-                generator=generator, max_batch=max_batch,
+                generator=generator, max_batch=max_batch, stochastic=stochastic,
             )  # fmt: skip
         if self.kind == "fgsm":
             if self.least_likely:
-                return fgsm_ll(model, x, eps, samples=samples, max_batch=max_batch)
-            return fgsm(model, x, eps, target=target, samples=samples, max_batch=max_batch)
+                return fgsm_ll(
+                    model, x, eps, samples=samples, max_batch=max_batch, stochastic=stochastic
+                )
+            return fgsm(
+                model, x, eps, target=target, samples=samples, max_batch=max_batch,
+                stochastic=stochastic,
+            )  # fmt: skip
         if self.least_likely:
             return pgd_ll(
                 model, x, eps, steps=self.steps, random_start=self.restarts > 1,
                 samples=samples, generator=generator, max_batch=max_batch, restarts=self.restarts,
+                stochastic=stochastic,
             )  # fmt: skip
         return pgd(
             model, x, eps, steps=self.steps, target=target, samples=samples, generator=generator,
             max_batch=max_batch, loss="cw" if self.loss == "cw" else "ce", restarts=self.restarts,
+            stochastic=stochastic,
         )  # fmt: skip
 
 
