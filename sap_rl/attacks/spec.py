@@ -8,6 +8,10 @@ Grammar (case-insensitive; ``-eot`` always last):
 - ``apgd-ce[-<steps>][-eot]``, ``apgd-dlr[-<steps>][-eot]``: AutoAttack's APGD (100 steps by
   default, as AutoAttack).
 - ``square[-<queries>][-eot]``: AutoAttack's Square (5000 queries by default, as AutoAttack).
+- ``transfer-<attack>``: any attack above made on the dense network (the defended model with its
+  stochastic layers off, same weights) and applied to the defended one; a check for gradient
+  masking (it should never beat the white-box attack). ``-eot`` is accepted but changes nothing:
+  the dense network has no randomness to average over.
 
 ``-eot`` averages over the defense's randomness (``eot_samples`` draws): gradients for FGSM, PGD
 and APGD (AutoAttack's ``rand`` version for APGD), the scored output for Square. Counts are bounded
@@ -19,7 +23,7 @@ run for days, so it is refused up front.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -34,6 +38,7 @@ __all__ = [
     "MAX_ATTACK_STEPS",
     "MAX_EOT_SAMPLES",
     "MAX_SQUARE_QUERIES",
+    "TRANSFER_PREFIX",
     "AttackSpec",
     "check_eot_samples",
     "parse_attack",
@@ -53,8 +58,12 @@ ATTACK_NAMES_HELP = (
     f"then -r<restarts> (1 to {MAX_ATTACK_RESTARTS}), apgd-ce and apgd-dlr (optional -<steps>, "
     f"default {APGD_STEPS}), square (optional -<queries>, default {SQUARE_QUERIES}, at most "
     f"{MAX_SQUARE_QUERIES}), and each with an -eot suffix (averaged over the defense's "
-    "randomness), e.g. fgsm-eot, pgd-10-eot, pgd-20-cw-r5, apgd-ce-eot, square-1000"
+    "randomness), e.g. fgsm-eot, pgd-10-eot, pgd-20-cw-r5, apgd-ce-eot, square-1000; "
+    "transfer-<attack> makes any of them on the dense network (e.g. transfer-pgd-10)"
 )
+
+#: Prefix of an attack made on the dense network and applied to the defended one.
+TRANSFER_PREFIX = "transfer-"
 
 _PATTERNS = {
     "fgsm": re.compile(r"^fgsm(?P<ll>-ll)?(?P<eot>-eot)?$"),
@@ -97,6 +106,8 @@ class AttackSpec:
         eot: average over ``eot_samples`` draws of the defense.
         loss: ``"ce"``, ``"cw"`` (PGD), ``"dlr"`` (APGD) or ``"margin"`` (Square).
         restarts: random starts, each example keeps its best (PGD).
+        transfer: made on the dense network (stochastic layers off, same weights) whatever
+            :meth:`run`'s ``stochastic`` says: a transfer attack.
     """
 
     name: str
@@ -106,6 +117,7 @@ class AttackSpec:
     eot: bool = False
     loss: str = "ce"
     restarts: int = 1
+    transfer: bool = False
 
     def run(
         self,
@@ -124,7 +136,8 @@ class AttackSpec:
         ``eot_samples`` is used only by ``-eot`` attacks; ``generator`` seeds every random choice
         of the attack (PGD starts, the AutoAttack code's seed). ``stochastic=False`` makes the
         attack on the model with its stochastic layers off, i.e. on the dense network with the same
-        weights (a transfer attack, when the result is then given to the defended model).
+        weights (a transfer attack, when the result is then given to the defended model); a
+        ``transfer-`` spec always does.
 
         Example:
             >>> net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
@@ -136,7 +149,9 @@ class AttackSpec:
         if isinstance(eps, (int, float)) and eps == 0:
             _validate(x, eps, 1)
             return x.detach().clone()
-        samples = eot_samples if self.eot else 1
+        stochastic = stochastic and not self.transfer
+        # The dense network has no randomness: its EOT average is one pass.
+        samples = eot_samples if self.eot and stochastic else 1
         if self.kind == "apgd":
             return apgd(
                 model, x, eps, loss="dlr" if self.loss == "dlr" else "ce", steps=self.steps,
@@ -201,12 +216,27 @@ def parse_attack(name: str) -> AttackSpec:
         ('pgd-20-cw-r5', 'cw', 5)
         >>> parse_attack("apgd-dlr-eot").steps
         100
+        >>> parse_attack("transfer-pgd-10").transfer
+        True
         >>> parse_attack("pgd-1000000")
         Traceback (most recent call last):
         ...
         sap_rl.errors.UserError: attack 'pgd-1000000': at most 1000 PGD steps (pgd-1 to pgd-1000)
     """
     text = name.strip().lower() if isinstance(name, str) else ""
+    if text.startswith(TRANSFER_PREFIX):
+        base = text[len(TRANSFER_PREFIX) :]
+        if base.startswith(TRANSFER_PREFIX) or not base:
+            raise UserError(f"unknown attack {name!r}; valid attacks: {ATTACK_NAMES_HELP}")
+        try:
+            spec = parse_attack(base)
+        except UserError as err:
+            if str(err).startswith("unknown attack"):  # name the whole name, not its base
+                raise UserError(
+                    f"unknown attack {name!r}; valid attacks: {ATTACK_NAMES_HELP}"
+                ) from None
+            raise
+        return replace(spec, name=TRANSFER_PREFIX + spec.name, transfer=True)
     found = [(kind, m) for kind, p in _PATTERNS.items() if (m := p.match(text)) is not None]
     if not found:
         raise UserError(f"unknown attack {name!r}; valid attacks: {ATTACK_NAMES_HELP}")

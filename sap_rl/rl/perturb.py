@@ -18,7 +18,9 @@ Victim and target
     stochastic defense that action is the one it would take this step (one random draw), or the
     argmax of Q-values averaged over ``action_samples`` draws. ``-eot`` attacks average their
     gradient over ``eot_samples`` draws; against a deterministic model every draw is the same, so
-    one pass is used (same result, 1/``eot_samples`` of the cost).
+    one pass is used (same result, 1/``eot_samples`` of the cost). A ``transfer-<attack>`` is made
+    on the dense network (the same weights with the defense's stochastic layers off), away from
+    the dense network's clean greedy action, and the defended agent then acts on its frames.
 What is perturbed
     ``perturb="stack"`` (default): all four stacked frames, within ``eps`` of the clean stack.
     ``perturb="last"``: only channel 3, the frame the env has just produced (as Huang et al.
@@ -201,7 +203,11 @@ class ObservationAttack:
         if not self.active:
             return x
         assert self.spec is not None
-        if target is None and self.stochastic and not self.spec.least_likely:
+        if self.spec.transfer:
+            # Made on the dense network, away from the dense network's own clean greedy action
+            # (which the attack computes itself), whatever the defended agent would do.
+            target = None
+        elif target is None and self.stochastic and not self.spec.least_likely:
             target = self.greedy(x)  # a deterministic model's attack predicts the same itself
         eps: float | torch.Tensor = self.eps
         if self.eps == 0:  # AttackSpec.run short-cuts a zero float; a tensor runs the full path
@@ -228,7 +234,9 @@ class ObservationAttack:
         agent saw (B, 4, 84, 84))``.
         """
         if self.active:
-            x = self.perturb(x, target=self.greedy(x) if self.stochastic else None)
+            assert self.spec is not None
+            known = self.stochastic and not self.spec.transfer
+            x = self.perturb(x, target=self.greedy(x) if known else None)
         return self.greedy(x), x
 
 

@@ -12,7 +12,9 @@ budget eps (pixel levels), the test images are attacked batch by batch and class
   averaged over ``grad_samples`` stochastic passes (:class:`ExpectedPrediction`). An ``-eot``
   attack is the adaptive attack of Athalye et al. 2018 (expectation over transformation): it
   averages the gradients of the per-pass losses over ``eot_samples`` passes. For a deterministic
-  defense the two coincide, and the EOT version is computed with one pass.
+  defense the two coincide, and the EOT version is computed with one pass. A ``transfer-<attack>``
+  is made on the dense network (the same weights with the stochastic layers off) and the defended
+  model classifies its images: a gradient-masking check.
 - Attacks move away from the **true labels** by default (``labels: prediction`` uses the model's own
   clean prediction instead).
 
@@ -415,7 +417,9 @@ def _run_cell(
     generator = torch.Generator().manual_seed(seed)
     stochastic = spec.stochastic
     attack_model = defended
-    if stochastic and attack is not None and not attack.eot:
+    # A transfer attack is made on the dense network (AttackSpec.run switches SAP off), so it
+    # differentiates the defended model itself, never its Monte Carlo prediction.
+    if stochastic and attack is not None and not attack.eot and not attack.transfer:
         attack_model = ExpectedPrediction(defended, config.grad_samples, config.max_batch)
     eot_samples = config.eot_samples if stochastic else 1
     pred_samples = config.mc_samples if stochastic else 1
