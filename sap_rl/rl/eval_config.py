@@ -45,7 +45,9 @@ class AtariEvalConfig:
             :data:`sap_rl.attacks.MAX_EOT_SAMPLES`).
         action_samples: draws whose Q-values a stochastic defense averages to pick its action
             (1: one random draw per step, the mixed strategy).
-        perturb: ``stack`` (all four frames) or ``last`` (only the newest, Huang et al. 2017).
+        perturb: ``stack`` (all four frames, rewritten every step), ``last`` (only the newest,
+            Huang et al. 2017) or ``online`` (each frame perturbed once, when it is emitted, and
+            kept so in later stacks); see :mod:`sap_rl.rl.perturb` and docs/evaluation.md.
         epsilon: probability of a uniformly random action (0: greedy).
         max_steps: cap each game at about this many agent steps (``None``: 27,000).
         random_episodes: games of the uniform random policy, if the card has no random score.
@@ -70,7 +72,7 @@ class AtariEvalConfig:
     seed: int = 0
     eot_samples: int = 16
     action_samples: int = 1
-    perturb: Literal["stack", "last"] = "stack"
+    perturb: Literal["stack", "last", "online"] = "stack"
     epsilon: float = 0.0
     max_steps: int | None = None
     random_episodes: int = 10
@@ -104,7 +106,9 @@ class AtariEvalConfig:
         if self.backend not in BACKENDS:
             raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.perturb not in PERTURB_MODES:
-            raise UserError(f"perturb must be 'stack' or 'last', got {self.perturb!r}")
+            raise UserError(
+                f"perturb must be one of {', '.join(PERTURB_MODES)}, got {self.perturb!r}"
+            )
         if not self.defenses:
             raise UserError("no defense given; e.g. --defense dense,sap-100")
         if not self.attacks:

@@ -58,8 +58,10 @@ def register(subparsers: Any) -> None:
     add("--eot-samples", type=int, metavar="N", help="draws per -eot gradient (default: 16)")
     add("--action-samples", type=int, metavar="N",
         help="average Q-values over N draws of a stochastic defense (default: 1 draw)")  # fmt: skip
-    add("--perturb", choices=["stack", "last"],
-        help="attack all 4 stacked frames (default) or only the newest")  # fmt: skip
+    add("--perturb", choices=["stack", "last", "online"],
+        help="stack: rewrite all 4 stacked frames every step (default); last: only the "
+        "newest, clean again in later stacks; online: each frame once, when emitted, kept so "
+        "later")  # fmt: skip
     add("--epsilon", type=float, metavar="P", help="random-action probability (default: 0)")
     add("--max-steps", type=int, metavar="N", help="cap games at about N agent steps "
         "(default: the env's 27,000)")  # fmt: skip

@@ -27,6 +27,12 @@ What is perturbed
     2017 did); the gradient, projection and PGD random start act on that frame alone. The three
     older frames stay clean: the stack is built by the env from clean frames, so a frame that was
     perturbed when it was newest is clean again in the next step's stack.
+    ``perturb="online"``: each frame is perturbed once, when the env emits it, and stays so: the
+    three older channels are the frames as the agent saw them in the previous steps (perturbed
+    then), and the attack acts on the newest frame only, with those older frames fixed. The zero
+    frames that pad a stack at a game's start were never emitted and stay zero. It needs to know
+    which game each row is (``games``), because the perturbed frames of a game are kept between
+    calls.
 Budget
     ``eps`` in grey levels of the 0-255 frames; every perturbed frame is within ``eps`` of the clean
     one (L-inf) and inside ``[0, 255]``. ``eps = 0`` returns the clean frames without running the
@@ -59,6 +65,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -79,8 +86,8 @@ __all__ = [
     "check_eps",
 ]
 
-PerturbMode = Literal["stack", "last"]
-PERTURB_MODES: tuple[str, ...] = ("stack", "last")
+PerturbMode = Literal["stack", "last", "online"]
+PERTURB_MODES: tuple[str, ...] = ("stack", "last", "online")
 ObsDtype = Literal["uint8", "float32"]
 
 
@@ -127,7 +134,8 @@ class ObservationAttack:
         attack: attack name (``fgsm``, ``pgd-10``, ``fgsm-eot``...), parsed spec, or ``None``
             for clean play.
         eps: budget in grey levels (>= 0).
-        perturb: ``"stack"`` (all four frames) or ``"last"`` (only the newest frame).
+        perturb: ``"stack"`` (all four frames), ``"last"`` (only the newest frame) or
+            ``"online"`` (the newest frame, older frames as perturbed when they were newest).
         eot_samples: draws averaged by ``-eot`` attacks (stochastic models only).
         action_samples: draws whose Q-values are averaged to choose actions (stochastic models).
         generator: CPU generator for PGD random starts (defense draws use the layers' own
@@ -158,7 +166,7 @@ class ObservationAttack:
         always_attack: bool = False,
     ) -> None:
         if perturb not in PERTURB_MODES:
-            raise UserError(f"perturb must be 'stack' or 'last', got {perturb!r}")
+            raise UserError(f"perturb must be one of {', '.join(PERTURB_MODES)}, got {perturb!r}")
         for name, value in (("eot_samples", eot_samples), ("action_samples", action_samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name} must be an integer >= 1, got {value!r}")
@@ -171,6 +179,8 @@ class ObservationAttack:
         self.action_samples = action_samples if self.stochastic else 1
         self.generator = generator
         self.always_attack = always_attack
+        # online mode: each game's three newest frames as the agent saw them (perturbed or not)
+        self._seen: dict[int, torch.Tensor] = {}
 
     @property
     def active(self) -> bool:
@@ -188,7 +198,14 @@ class ObservationAttack:
         """The defended agent's greedy actions ``(B,)`` on frames ``x``."""
         return self.q_values(x).argmax(dim=1)
 
-    def perturb(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor | None = None,
+        *,
+        games: Sequence[int] | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Perturbed float frames (not rounded) within ``eps`` of ``x`` and inside ``[0, 255]``.
 
         Args:
@@ -196,6 +213,10 @@ class ObservationAttack:
             target: the agent's greedy actions on ``x`` if already known (saves a forward pass);
                 by default computed with :meth:`greedy` for a stochastic model, and by the attack
                 itself (the same actions) for a deterministic one.
+            games: the game of each row (``online`` mode: required; a game not seen in the
+                previous call starts afresh, and games absent from this call are forgotten).
+            rows: boolean ``(B,)``, the rows to attack (default all); the others keep the clean
+                newest frame (and, ``online``, their older frames as seen before).
 
         Returns:
             ``x`` itself when the attack is inactive, else a new tensor.
@@ -203,6 +224,16 @@ class ObservationAttack:
         if not self.active:
             return x
         assert self.spec is not None
+        if self.perturb_mode == "online":
+            if games is None or len(games) != x.shape[0]:
+                raise ValueError("perturb='online' needs the game of each row (games=...)")
+            return self._perturb_online(x, target, list(games), rows)
+        if rows is not None and not bool(rows.all()):
+            seen = x.clone()
+            if bool(rows.any()):
+                part = None if target is None else target[rows]
+                seen[rows] = self.perturb(x[rows], part)
+            return seen
         if self.spec.transfer:
             # Made on the dense network, away from the dense network's own clean greedy action
             # (which the attack computes itself), whatever the defended agent would do.
@@ -224,19 +255,50 @@ class ObservationAttack:
         )  # fmt: skip
         return torch.cat([x[:, :-1], newest], dim=1)
 
-    def act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forget(self) -> None:
+        """Drop the frames kept for ``online`` mode (every game starts afresh)."""
+        self._seen = {}
+
+    def _perturb_online(
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor | None,
+        games: list[int],
+        rows: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``online`` mode: older frames as the agent saw them, the newest attacked once."""
+        assert self.spec is not None
+        older = torch.stack([self._seen.get(g, x[i, :-1]) for i, g in enumerate(games)])
+        seen = torch.cat([older, x[:, -1:]], dim=1)
+        # The older frames are fixed inputs: _NewestFrame's gradient reaches the newest only.
+        last = ObservationAttack(
+            self.model, self.spec, self.eps, perturb="last", eot_samples=self.eot_samples,
+            action_samples=self.action_samples, generator=self.generator,
+            always_attack=self.always_attack,
+        )  # fmt: skip
+        if target is None and not self.spec.least_likely and not self.spec.transfer:
+            # Away from the agent's action on the clean frames, as in the other modes (left to
+            # the attack, it would predict on the older perturbed frames instead).
+            target = self.greedy(x)
+        seen = last.perturb(seen, target, rows=rows)
+        self._seen = {g: seen[i, 1:].detach() for i, g in enumerate(games)}
+        return seen
+
+    def act(
+        self, x: torch.Tensor, games: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of perturbed play: the agent's actions on the perturbed frames.
 
         The attack's target is the agent's greedy action on the clean frames. A stochastic agent's
         is computed here (with its ``action_samples`` draws) and passed to the attack; against a
         deterministic model the attack predicts the same action itself, and FGSM reads it from its
         gradient forward pass (one pass fewer). Returns ``(actions (B,), frames the
-        agent saw (B, 4, 84, 84))``.
+        agent saw (B, 4, 84, 84))``. ``games``: the game of each row (``online`` mode needs it).
         """
         if self.active:
             assert self.spec is not None
             known = self.stochastic and not self.spec.transfer
-            x = self.perturb(x, target=self.greedy(x) if known else None)
+            x = self.perturb(x, target=self.greedy(x) if known else None, games=games)
         return self.greedy(x), x
 
 
@@ -252,7 +314,7 @@ class PerturbObservation(gym.ObservationWrapper):
         model: the defended Q-network under attack (the victim).
         attack: attack name or spec (``fgsm``, ``pgd-10``, ``fgsm-eot``...).
         eps: budget in grey levels.
-        perturb: ``"stack"`` or ``"last"`` (see the module docstring).
+        perturb: ``"stack"``, ``"last"`` or ``"online"`` (see the module docstring).
         eot_samples: draws per gradient for ``-eot`` attacks.
         action_samples: draws averaged to find the agent's action, the attack's target.
         dtype: observation dtype; ``None`` picks ``uint8`` for an integer ``eps`` and ``float32``
@@ -321,12 +383,17 @@ class PerturbObservation(gym.ObservationWrapper):
         self.observation_space = spaces.Box(0, 255, shape, dtype=np.dtype(dtype))
         self.clean_observation: np.ndarray | None = None
 
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Reset the env; a new game starts with no perturbed frames kept (``online``)."""
+        self.attack.forget()
+        return super().reset(**kwargs)
+
     def observation(self, observation: Any) -> np.ndarray:
         """Attack one observation; returns it with this wrapper's dtype."""
         clean = np.asarray(observation)
         self.clean_observation = clean
         x = torch.as_tensor(clean, device=self.device).to(torch.float32).unsqueeze(0)
-        seen = self.attack.perturb(x)[0].detach().cpu().numpy()
+        seen = self.attack.perturb(x, games=[0])[0].detach().cpu().numpy()
         if self.dtype == "float32":
             return seen.astype(np.float32, copy=False)
         return np.clip(np.rint(seen), 0, 255).astype(np.uint8)

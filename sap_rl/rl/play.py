@@ -90,7 +90,7 @@ def agent_policy(
     rngs: dict[int, np.random.Generator] = {}
 
     def act(obs: np.ndarray, games: Sequence[int]) -> np.ndarray:
-        actions, _ = attack.act(obs_to_tensor(obs, device))
+        actions, _ = attack.act(obs_to_tensor(obs, device), games)
         chosen: np.ndarray = actions.cpu().numpy()
         if epsilon > 0:
             n_actions = int(attack.q_values(obs_to_tensor(obs[:1], device)).shape[1])
@@ -297,7 +297,7 @@ def play_wrapped(
     attack: str | None = "fgsm",
     eps: float = 0.0,
     seed: int = 0,
-    perturb: Literal["stack", "last"] = "stack",
+    perturb: Literal["stack", "last", "online"] = "stack",
     eot_samples: int = 16,
     dtype: Literal["uint8", "float32"] | None = None,
     max_steps: int | None = None,
