@@ -17,9 +17,9 @@ states:
    with ``sap-rl score DIR --write``.
 
 Example:
-    >>> cfg = from_dict(AgentPruneConfig, {"frames": 64, "harp": {"sparsity": 0.9}})
-    >>> cfg.harp.objective, cfg.harp.eps
-    ('pgd', 2.0)
+    >>> cfg = agent_prune_config({"frames": 64, "harp": {"sparsity": 0.8}})
+    >>> cfg.harp.sparsity, cfg.harp.objective, cfg.harp.eps, cfg.frames
+    (0.8, 'pgd', 2.0, 64)
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sap_rl.config import from_dict, save_config
+from sap_rl.config import deep_merge, from_dict, save_config, to_dict
 from sap_rl.io import check_out_dir
 from sap_rl.lock import output_lock
 from sap_rl.pruning import EpochLog, HarpConfig, harp_prune, prunable_layers
 
-__all__ = ["AgentPruneConfig", "collect_frames", "prune_agent"]
+__all__ = ["AgentPruneConfig", "agent_prune_config", "collect_frames", "prune_agent"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,16 @@ class AgentPruneConfig:
             )
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+def agent_prune_config(data: dict[str, Any] | None) -> AgentPruneConfig:
+    """:class:`AgentPruneConfig` from YAML values laid over the defaults (the ``harp`` section
+    too, so a partial one keeps the agent defaults such as eps 2 rather than HARP's CIFAR ones).
+
+    Raises:
+        UserError: an unknown key or a bad value (one line).
+    """
+    return from_dict(AgentPruneConfig, deep_merge(to_dict(AgentPruneConfig()), data or {}))
 
 
 def collect_frames(

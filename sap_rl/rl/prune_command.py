@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sap_rl.cli_args import positive_float, positive_int
+from sap_rl.errors import UserError
 
 __all__ = ["register"]
 
@@ -50,16 +51,17 @@ def register(subparsers: Any) -> None:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from sap_rl.config import from_dict, load_yaml, to_dict
+    from sap_rl.config import load_yaml
     from sap_rl.pruning.cli import harp_overrides
-    from sap_rl.rl.prune import AgentPruneConfig, prune_agent
+    from sap_rl.rl.prune import agent_prune_config, prune_agent
 
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    data = load_yaml(args.config) if args.config else to_dict(AgentPruneConfig())
-    data.setdefault("harp", {})
+    data = load_yaml(args.config) if args.config else {}
+    if not isinstance(data.setdefault("harp", {}), dict):
+        raise UserError(f"{args.config}: the 'harp' section must be a mapping")
     overrides = harp_overrides(args)
     if "seed" in overrides:
         data["seed"] = overrides.pop("seed")
@@ -68,7 +70,7 @@ def _prune(args: argparse.Namespace) -> int:
         data["harp"]["eps"] = args.eps
     if args.frames is not None:
         data["frames"] = args.frames
-    config = from_dict(AgentPruneConfig, data)
+    config = agent_prune_config(data)
     out = args.out or Path("runs") / f"{args.agent.resolve().name}-harp-{config.harp.sparsity:g}"
     started = time.perf_counter()
     card = prune_agent(args.agent, config, out, device=args.device, quiet=args.quiet)

@@ -203,7 +203,8 @@ def _prune(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     if args.config is not None:
         data = load_yaml(args.config)
-        data.setdefault("harp", {})
+        if not isinstance(data.setdefault("harp", {}), dict):
+            raise UserError(f"{args.config}: the 'harp' section must be a mapping")
         data["harp"].update(harp_overrides(args))
     else:
         _, card = load_model(args.model)

@@ -79,3 +79,23 @@ def test_pruned_card_round_trips(tmp_path: Path) -> None:
     assert main(["prune", "--agent", str(AGENT), "--sparsity", "0.5", "--out", str(out),
                  *TINY]) == 0  # fmt: skip
     assert read_card(out).pruning["sparsity"] == 0.5
+
+
+def test_a_partial_harp_section_keeps_the_agent_defaults() -> None:
+    from sap_rl.rl.prune import agent_prune_config
+
+    config = agent_prune_config({"harp": {"sparsity": 0.8, "steps": 3}})
+    assert (config.harp.sparsity, config.harp.steps, config.harp.eps) == (0.8, 3, 2.0)
+    assert config.harp.finetune_epochs == 10
+
+
+def test_a_harp_section_that_is_not_a_mapping_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "p.yaml"
+    config.write_text("harp: 3\n")
+    out = tmp_path / "never"
+    assert main(["prune", "--agent", str(AGENT), "--sparsity", "0.9", "--config", str(config),
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "must be a mapping" in err and err.count("\n") == 1 and not out.exists()
