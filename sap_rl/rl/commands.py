@@ -31,17 +31,28 @@ def _register_train(subparsers: Any) -> None:
             "Train a Double DQN agent on an Atari game (ALE, standard DQN preprocessing) with "
             "periodic whole-game evaluation and checkpoints; writes OUT/config.yaml, "
             "OUT/progress.csv, OUT/eval.csv, OUT/checkpoint/ and OUT/agent/ "
-            "(model.safetensors + card.json)."
+            "(model.safetensors + card.json). A sweep (several games or seeds, or --backend/"
+            "--workers) trains one such run per game and seed in OUT/<game>-ddqn-<seed>, on "
+            "this machine or a Ray cluster, and brings every agent folder back to this machine."
         ),
     )
-    parser.add_argument("--game", help="Atari game, e.g. Pong, Breakout (case-insensitive)")
+    parser.add_argument(
+        "--game",
+        help="Atari game, e.g. Pong (case-insensitive); a list (Pong,Breakout) is a sweep",
+    )
     parser.add_argument(
         "--config",
         help="YAML config file or preset name in configs/atari (ddqn, ddqn_cpu); default: ddqn",
     )
     parser.add_argument("--timesteps", type=positive_int, help="total environment steps")
-    parser.add_argument("--seed", type=non_negative_int, help="random seed (default: config)")
-    parser.add_argument("--out", help="run folder (default: runs/<game>-ddqn-<seed>)")
+    parser.add_argument(
+        "--seed", type=_seeds, help="random seed (default: config); a list (0,1,2) is a sweep"
+    )
+    parser.add_argument(
+        "--out",
+        help="run folder (default: runs/<game>-ddqn-<seed>); for a sweep, the folder that holds "
+        "its runs (default: runs)",
+    )
     parser.add_argument(
         "--device", help="auto, cpu, cuda or cuda:N (default: the config's, normally auto)"
     )
@@ -58,49 +69,68 @@ def _register_train(subparsers: Any) -> None:
         help="stop learning after MINUTES of wall-clock time and finish the run as usual "
         "(final evaluation, agent folder); --resume continues it",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        help="sweep: where runs train, this machine (default) or a Ray cluster (RAY_ADDRESS, "
+        "else a local one; pip install 'sap-rl[ray]')",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="sweep: train N runs at a time, in N processes or Ray actors (default: 1 locally, "
+        "every CPU of a Ray cluster)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_train)
 
 
+def _seeds(text: str) -> list[int]:
+    """``--seed``'s type: one seed or a comma-separated list, each an integer >= 0."""
+    return [non_negative_int(item.strip()) for item in text.split(",")]
+
+
 def _train(args: argparse.Namespace) -> int:
     from sap_rl.rl.games import resolve_game
-    from sap_rl.rl.train import default_out, load_run_config, train
+    from sap_rl.rl.sweep import resumed_config
+    from sap_rl.rl.train import default_out, train
     from sap_rl.rl.train_config import load_train_config
 
     overrides: dict[str, Any] = {}
     if args.timesteps is not None:
         overrides["timesteps"] = args.timesteps
-    if args.seed is not None:
-        overrides["seed"] = args.seed
     if args.device is not None:
         overrides["device"] = args.device
     if args.no_progress:
         overrides["progress_bar"] = False
+    games = [g.strip() for g in args.game.split(",")] if args.game is not None else None
+    seeds: list[int] | None = args.seed
+    time_limit_s = 60.0 * args.time_limit if args.time_limit else 0.0
+    if (
+        (games is not None and len(games) > 1)
+        or (seeds is not None and len(seeds) > 1)
+        or (args.backend is not None or args.workers is not None)
+    ):
+        return _sweep(args, games, seeds, overrides, time_limit_s)
+    seed = seeds[0] if seeds else None
 
     if args.resume:
         if args.out is None:
             raise UserError("--resume needs --out (the run folder to continue)")
         if args.config is not None:
             raise UserError("--resume reuses OUT/config.yaml; do not pass --config")
-        saved_game, saved = load_run_config(args.out)
-        if args.game is not None and resolve_game(args.game).name != resolve_game(saved_game).name:
-            raise UserError(f"--resume: {args.out} trains {saved_game}, not {args.game}")
-        if args.seed is not None and args.seed != saved.seed:
-            raise UserError(f"--resume: {args.out} uses seed {saved.seed}; drop --seed")
-        from sap_rl.config import deep_merge, from_dict, to_dict
-        from sap_rl.rl.train_config import TrainConfig
-
-        cfg = from_dict(TrainConfig, deep_merge(to_dict(saved), overrides))
-        game = saved_game
+        game, cfg = resumed_config(args.out, overrides, game=args.game, seed=seed)
         out = Path(args.out)
     else:
         if args.game is None:
             raise UserError("--game is required, e.g. sap-rl train --game Pong")
         game = resolve_game(args.game).name
+        if seed is not None:
+            overrides["seed"] = seed
         cfg = load_train_config(args.config, game=game, overrides=overrides)
         out = Path(args.out) if args.out else default_out(game, cfg.seed, cfg.algorithm)
 
-    time_limit_s = 60.0 * args.time_limit if args.time_limit else 0.0
     result = train(game, cfg, out=out, resume=args.resume, time_limit_s=time_limit_s)
     card = result.card
     print(f"agent: {result.agent_dir}")
@@ -109,6 +139,36 @@ def _train(args: argparse.Namespace) -> int:
         f"clean score {card.clean_score.mean:.2f} +- {card.clean_score.std:.2f} over "
         f"{card.clean_score.episodes} games (random policy {card.random_score:.2f})"
     )
+    return 0
+
+
+def _sweep(
+    args: argparse.Namespace,
+    games: list[str] | None,
+    seeds: list[int] | None,
+    overrides: dict[str, Any],
+    time_limit_s: float,
+) -> int:
+    """``sap-rl train`` over several games and seeds (:mod:`sap_rl.rl.sweep`)."""
+    from sap_rl.rl.sweep import plan_sweep, run_sweep
+    from sap_rl.rl.train_config import load_train_config
+
+    if games is None:
+        raise UserError("--game is required, e.g. sap-rl train --game Pong,Breakout --seed 0,1")
+    if seeds is None:
+        seeds = [load_train_config(args.config, game=games[0], overrides=overrides).seed]
+    out = args.out if args.out is not None else "runs"
+    runs = plan_sweep(games, seeds, config=args.config, overrides=overrides, out=out,
+                      resume=args.resume)  # fmt: skip
+    done = run_sweep(runs, out, backend=args.backend or "local", workers=args.workers,
+                     time_limit_s=time_limit_s, progress=not args.no_progress)  # fmt: skip
+    for name, summary in done.items():
+        clean = summary["clean_score"]
+        print(
+            f"{name}: {summary['timesteps']} steps, clean score {clean['mean']:.2f} +- "
+            f"{clean['std']:.2f} over {clean['episodes']} games "
+            f"(random policy {summary['random_score']:.2f}); agent: {summary['agent']}"
+        )
     return 0
 
 
