@@ -12,6 +12,10 @@ Grammar (case-insensitive; ``-eot`` always last):
   stochastic layers off, same weights) and applied to the defended one; a check for gradient
   masking (it should never beat the white-box attack). ``-eot`` is accepted but changes nothing:
   the dense network has no randomness to average over.
+- ``timed-<attack>`` (sap-rl evaluate only): Lin et al. 2017's strategically timed attack, the
+  attack run only on the steps where the agent's preference (its softmax's largest minus smallest
+  action probability) exceeds a threshold; the threshold and budget are evaluation settings.
+  ``timed-transfer-<attack>`` times a transfer attack.
 
 ``-eot`` averages over the defense's randomness (``eot_samples`` draws): gradients for FGSM, PGD
 and APGD (AutoAttack's ``rand`` version for APGD), the scored output for Square. Counts are bounded
@@ -38,6 +42,7 @@ __all__ = [
     "MAX_ATTACK_STEPS",
     "MAX_EOT_SAMPLES",
     "MAX_SQUARE_QUERIES",
+    "TIMED_PREFIX",
     "TRANSFER_PREFIX",
     "AttackSpec",
     "check_eot_samples",
@@ -59,8 +64,12 @@ ATTACK_NAMES_HELP = (
     f"default {APGD_STEPS}), square (optional -<queries>, default {SQUARE_QUERIES}, at most "
     f"{MAX_SQUARE_QUERIES}), and each with an -eot suffix (averaged over the defense's "
     "randomness), e.g. fgsm-eot, pgd-10-eot, pgd-20-cw-r5, apgd-ce-eot, square-1000; "
-    "transfer-<attack> makes any of them on the dense network (e.g. transfer-pgd-10)"
+    "transfer-<attack> makes any of them on the dense network (e.g. transfer-pgd-10); in RL, "
+    "timed-<attack> attacks only the steps where the agent's preference exceeds a threshold"
 )
+
+#: Prefix of a strategically timed attack (RL only; Lin et al. 2017).
+TIMED_PREFIX = "timed-"
 
 #: Prefix of an attack made on the dense network and applied to the defended one.
 TRANSFER_PREFIX = "transfer-"
@@ -108,6 +117,8 @@ class AttackSpec:
         restarts: random starts, each example keeps its best (PGD).
         transfer: made on the dense network (stochastic layers off, same weights) whatever
             :meth:`run`'s ``stochastic`` says: a transfer attack.
+        timed: run only on some steps (RL's strategically timed attack); :meth:`run` itself
+            attacks every input it is given, the caller chooses the steps.
     """
 
     name: str
@@ -118,6 +129,7 @@ class AttackSpec:
     loss: str = "ce"
     restarts: int = 1
     transfer: bool = False
+    timed: bool = False
 
     def run(
         self,
@@ -218,15 +230,21 @@ def parse_attack(name: str) -> AttackSpec:
         100
         >>> parse_attack("transfer-pgd-10").transfer
         True
+        >>> spec = parse_attack("timed-transfer-fgsm")
+        >>> spec.timed, spec.transfer, spec.kind
+        (True, True, 'fgsm')
         >>> parse_attack("pgd-1000000")
         Traceback (most recent call last):
         ...
         sap_rl.errors.UserError: attack 'pgd-1000000': at most 1000 PGD steps (pgd-1 to pgd-1000)
     """
     text = name.strip().lower() if isinstance(name, str) else ""
-    if text.startswith(TRANSFER_PREFIX):
-        base = text[len(TRANSFER_PREFIX) :]
-        if base.startswith(TRANSFER_PREFIX) or not base:
+    for prefix, flag in ((TIMED_PREFIX, "timed"), (TRANSFER_PREFIX, "transfer")):
+        if not text.startswith(prefix):
+            continue
+        base = text[len(prefix) :]
+        # timed- comes first, each prefix at most once: timed-transfer-fgsm, not transfer-timed-
+        if not base or base.startswith(prefix) or (flag == "transfer" and "timed-" in base):
             raise UserError(f"unknown attack {name!r}; valid attacks: {ATTACK_NAMES_HELP}")
         try:
             spec = parse_attack(base)
@@ -236,7 +254,9 @@ def parse_attack(name: str) -> AttackSpec:
                     f"unknown attack {name!r}; valid attacks: {ATTACK_NAMES_HELP}"
                 ) from None
             raise
-        return replace(spec, name=TRANSFER_PREFIX + spec.name, transfer=True)
+        if flag == "timed":
+            return replace(spec, name=prefix + spec.name, timed=True)
+        return replace(spec, name=prefix + spec.name, transfer=True)
     found = [(kind, m) for kind, p in _PATTERNS.items() if (m := p.match(text)) is not None]
     if not found:
         raise UserError(f"unknown attack {name!r}; valid attacks: {ATTACK_NAMES_HELP}")

@@ -19,7 +19,7 @@ from sap_rl.defenses import parse_defense
 from sap_rl.errors import UserError
 from sap_rl.grid.executors import BACKENDS, Backend
 from sap_rl.rl.games import resolve_game
-from sap_rl.rl.perturb import PERTURB_MODES, check_eps
+from sap_rl.rl.perturb import PERTURB_MODES, check_eps, check_timed
 
 __all__ = ["AtariEvalConfig", "Cell", "plan_cells"]
 
@@ -48,6 +48,11 @@ class AtariEvalConfig:
         perturb: ``stack`` (all four frames, rewritten every step), ``last`` (only the newest,
             Huang et al. 2017) or ``online`` (each frame perturbed once, when it is emitted, and
             kept so in later stacks); see :mod:`sap_rl.rl.perturb` and docs/evaluation.md.
+        timed_threshold: ``timed-<attack>`` attacks a step only when the agent's preference,
+            the largest minus the smallest probability of ``softmax(Q)`` on the clean frames,
+            exceeds this (Lin et al. 2017); >= 0.
+        timed_budget: ``timed-<attack>`` attacks at most this fraction of a game's steps so far,
+            in (0, 1] (1: every step above the threshold).
         epsilon: probability of a uniformly random action (0: greedy).
         max_steps: cap each game at about this many agent steps (``None``: 27,000).
         random_episodes: games of the uniform random policy, if the card has no random score.
@@ -73,6 +78,8 @@ class AtariEvalConfig:
     eot_samples: int = 16
     action_samples: int = 1
     perturb: Literal["stack", "last", "online"] = "stack"
+    timed_threshold: float = 0.0
+    timed_budget: float = 1.0
     epsilon: float = 0.0
     max_steps: int | None = None
     random_episodes: int = 10
@@ -94,6 +101,7 @@ class AtariEvalConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         check_eot_samples(self.eot_samples)
+        check_timed(self.timed_threshold, self.timed_budget)
         for name in ("max_steps", "threads", "workers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)

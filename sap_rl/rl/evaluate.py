@@ -180,6 +180,11 @@ def evaluate(
         baseline = None if dense_clean or card.clean_score.episodes == 0 else card.clean_score.mean
         rows = summarize(records, random_score=random_score, baseline_score=baseline)
         meta = _meta(config, card, folder, game, done, random_score, random_source, baseline)
+        # Per attacked cell: the fraction of steps attacked (timed attacks) and of steps whose
+        # action the attack changed; cells of older versions have no counts and are left out.
+        rates = {name: r for name in done if (r := files.rates(name)) is not None}
+        if rates:
+            meta["steps_under_attack"] = rates
         meta["cells_missing"] = run.missing
         meta["seconds"] = round(time.perf_counter() - started, 3)
         write_episodes(out_dir, game, card, cells, done)

@@ -35,6 +35,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 
+from sap_rl.attacks import parse_attack
 from sap_rl.defenses import parse_defense
 from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
@@ -46,20 +47,27 @@ from sap_rl.rl.agent import AgentCard, QNetwork
 from sap_rl.rl.envs import make_env
 from sap_rl.rl.eval_config import AtariEvalConfig, Cell, plan_cells
 from sap_rl.rl.games import Game, resolve_game
-from sap_rl.rl.perturb import ObservationAttack
+from sap_rl.rl.perturb import ObservationAttack, StepCounts
 from sap_rl.rl.play import GameRecord, agent_policy, play_matched_games, preprocessing_for
 
 __all__ = [
     "EPISODE_COLUMNS",
+    "STEP_FIELDS",
     "AtariCells",
     "GamePlayer",
     "fingerprint",
     "make_envs",
     "play_unit",
+    "step_rates",
     "unit_seed",
     "units_of",
     "write_episodes",
 ]
+
+#: Per-game fields of an attacked cell's file: the agent's decisions (its steps as the policy saw
+#: them; a game's ``length`` may also count the env's own reset steps), those attacked, and those
+#: whose action the attack changed.
+STEP_FIELDS = ("policy_steps", "attacked_steps", "changed_steps")
 
 EPISODE_COLUMNS = (
     "game", "agent", "defense", "attack", "eps", "seed", "episode", "reward", "length",
@@ -79,6 +87,12 @@ def fingerprint(card: AgentCard, game: Game, config: AtariEvalConfig) -> dict[st
         "epsilon": config.epsilon,
         "eot_samples": config.eot_samples,
         "action_samples": config.action_samples,
+        # only with a timed attack: the folders of earlier runs keep their fingerprint
+        **(
+            {"timed_threshold": config.timed_threshold, "timed_budget": config.timed_budget}
+            if any(parse_attack(a).timed for a in config.attacks)
+            else {}
+        ),
     }
 
 
@@ -129,8 +143,13 @@ def play_unit(
     device: torch.device,
     *,
     on_game: Callable[[GameRecord], None] | None = None,
+    counts: dict[int, StepCounts] | None = None,
 ) -> list[GameRecord]:
-    """Play the games of ``unit`` with ``cell``'s defense inserted and its attack active."""
+    """Play the games of ``unit`` with ``cell``'s defense inserted and its attack active.
+
+    ``counts``, if given, receives each attacked game's steps, steps attacked and steps with a
+    changed action (:meth:`ObservationAttack.act`).
+    """
     seed = unit_seed(config.seed, cell, unit)
     model = parse_defense(cell.defense).apply(net).to(device).eval()
     attack = ObservationAttack(
@@ -141,7 +160,12 @@ def play_unit(
         eot_samples=config.eot_samples,
         action_samples=config.action_samples,
         generator=torch.Generator().manual_seed(seed),
+        record=counts is not None,
+        timed_threshold=config.timed_threshold,
+        timed_budget=config.timed_budget,
     )
+    if counts is not None:
+        attack.counts = counts
     policy = agent_policy(attack, device=device, epsilon=config.epsilon, seed=config.seed)
     with _seeded_torch(seed, device):
         return play_matched_games(envs[: unit.size], policy, unit.size, seed=config.seed,
@@ -163,13 +187,52 @@ class GamePlayer:
         self.envs = make_envs(resolve_game(game_name), config)
 
     def __call__(self, unit: Unit, report: Callable[[int], None]) -> list[dict[str, Any]]:
-        games = play_unit(self.net, self.cells[unit.cell], unit, self.config, self.envs,
-                          self.device, on_game=lambda _: report(1))  # fmt: skip
-        return [asdict(g) for g in games]
+        cell = self.cells[unit.cell]
+        counts: dict[int, StepCounts] | None = None if cell.attack is None else {}
+        games = play_unit(self.net, cell, unit, self.config, self.envs, self.device,
+                          on_game=lambda _: report(1), counts=counts)  # fmt: skip
+        if counts is None or cell.eps == 0:
+            return [asdict(g) for g in games]
+        return [asdict(g) | _step_fields(counts.get(g.episode, StepCounts())) for g in games]
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+def _step_fields(count: StepCounts) -> dict[str, int]:
+    """A game's extra fields in an attacked cell's file (older files have none)."""
+    return {
+        "policy_steps": count.steps,
+        "attacked_steps": count.attacked,
+        "changed_steps": count.changed,
+    }
+
+
+def _record(game: dict[str, Any]) -> GameRecord:
+    """The :class:`GameRecord` of a stored game dict (its step fields left out)."""
+    return GameRecord(**{k: v for k, v in game.items() if k not in STEP_FIELDS})
+
+
+def step_rates(games: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """An attacked cell's ``attacked_fraction`` and ``action_change_rate`` over all its steps.
+
+    ``None`` for a cell without the counts (clean cells, files of older versions).
+
+    Example:
+        >>> step_rates([{"policy_steps": 10, "attacked_steps": 5, "changed_steps": 2},
+        ...             {"policy_steps": 30, "attacked_steps": 5, "changed_steps": 6}])
+        {'attacked_fraction': 0.25, 'action_change_rate': 0.2}
+    """
+    if not games or any(f not in g for g in games for f in STEP_FIELDS):
+        return None
+    steps = sum(int(g["policy_steps"]) for g in games)
+    if steps == 0:
+        return None
+    return {
+        "attacked_fraction": sum(int(g["attacked_steps"]) for g in games) / steps,
+        "action_change_rate": sum(int(g["changed_steps"]) for g in games) / steps,
+    }
 
 
 class AtariCells:
@@ -188,7 +251,7 @@ class AtariCells:
             return None
         data = read_json(path)
         try:
-            games = [GameRecord(**g) for g in data["games"]]
+            games = [_record(g) for g in data["games"]]
             stored = data["fingerprint"]
         except (KeyError, TypeError) as err:
             raise UserError(
@@ -202,8 +265,10 @@ class AtariCells:
 
     def save(self, cell: str, results: list[Any]) -> list[GameRecord]:
         """Write ``cell`` from its units' games (lists of game dicts, in unit order)."""
-        games = [GameRecord(**g) for unit_games in results for g in unit_games]
+        stored = [g for unit_games in results for g in unit_games]
+        games = [_record(g) for g in stored]
         c = self.cells[cell]
+        rates = step_rates(stored)
         atomic_write_json(
             cell_path(self.out, cell),
             {
@@ -213,10 +278,20 @@ class AtariCells:
                 "fingerprint": self.fingerprint,
                 "n_envs": self.n_envs,
                 "steps": sum(g.length for g in games),
-                "games": [asdict(g) for g in games],
+                **(rates or {}),
+                "games": [asdict(g) | {k: s[k] for k in STEP_FIELDS if k in s}
+                          for g, s in zip(games, stored, strict=True)],
             },
-        )
+        )  # fmt: skip
         return games
+
+    def rates(self, cell: str) -> dict[str, float] | None:
+        """A finished attacked cell's attacked fraction and action-change rate (step_rates)."""
+        path = cell_path(self.out, cell)
+        if not path.is_file():
+            return None
+        games = read_json(path).get("games")
+        return step_rates(games) if isinstance(games, list) else None
 
 
 def write_episodes(

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -83,7 +84,9 @@ __all__ = [
     "ObservationAttack",
     "PerturbMode",
     "PerturbObservation",
+    "StepCounts",
     "check_eps",
+    "check_timed",
 ]
 
 PerturbMode = Literal["stack", "last", "online"]
@@ -103,6 +106,34 @@ def check_eps(eps: float) -> float:
     if eps < 0:
         raise UserError(f"eps must be >= 0 (grey levels of the 0-255 frames), got {eps:g}")
     return float(eps)
+
+
+def check_timed(threshold: float, budget: float) -> None:
+    """Validate a timed attack's threshold (finite, >= 0) and budget (in (0, 1]).
+
+    Example:
+        >>> check_timed(0.1, 0.5)
+        >>> check_timed(0.1, 0)
+        Traceback (most recent call last):
+        ...
+        sap_rl.errors.UserError: timed-budget must be in (0, 1] (a fraction of steps), got 0
+    """
+    for name, value in (("timed-threshold", threshold), ("timed-budget", budget)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(threshold) or threshold < 0:
+        raise UserError(f"timed-threshold must be a finite number >= 0, got {threshold:g}")
+    if not 0 < budget <= 1:
+        raise UserError(f"timed-budget must be in (0, 1] (a fraction of steps), got {budget:g}")
+
+
+@dataclass
+class StepCounts:
+    """One game's steps under attack: all, attacked, and with a changed action (see ``act``)."""
+
+    steps: int = 0
+    attacked: int = 0
+    changed: int = 0
 
 
 class _NewestFrame(nn.Module):
@@ -141,6 +172,11 @@ class ObservationAttack:
         generator: CPU generator for PGD random starts (defense draws use the layers' own
             generators, or torch's global one).
         always_attack: run the attack even when ``eps == 0`` (a check that the path is exact).
+        record: count, per game, steps attacked and actions changed by the attack (:meth:`act`).
+        timed_threshold: a ``timed-`` attack attacks a step when the agent's preference, its
+            softmax's largest minus smallest action probability, exceeds this (>= 0).
+        timed_budget: a ``timed-`` attack attacks at most this fraction of a game's steps so far,
+            in (0, 1] (1: every step above the threshold).
 
     Example:
         >>> from sap_rl.rl.agent import QNetwork
@@ -164,7 +200,11 @@ class ObservationAttack:
         action_samples: int = 1,
         generator: torch.Generator | None = None,
         always_attack: bool = False,
+        record: bool = False,
+        timed_threshold: float = 0.0,
+        timed_budget: float = 1.0,
     ) -> None:
+        check_timed(timed_threshold, timed_budget)
         if perturb not in PERTURB_MODES:
             raise UserError(f"perturb must be one of {', '.join(PERTURB_MODES)}, got {perturb!r}")
         for name, value in (("eot_samples", eot_samples), ("action_samples", action_samples)):
@@ -181,6 +221,11 @@ class ObservationAttack:
         self.always_attack = always_attack
         # online mode: each game's three newest frames as the agent saw them (perturbed or not)
         self._seen: dict[int, torch.Tensor] = {}
+        self.record = record
+        self.timed_threshold = float(timed_threshold)
+        self.timed_budget = float(timed_budget)
+        #: Per game: steps, steps attacked, steps whose action changed (see :meth:`act`).
+        self.counts: dict[int, StepCounts] = {}
 
     @property
     def active(self) -> bool:
@@ -293,13 +338,55 @@ class ObservationAttack:
         is computed here (with its ``action_samples`` draws) and passed to the attack; against a
         deterministic model the attack predicts the same action itself, and FGSM reads it from its
         gradient forward pass (one pass fewer). Returns ``(actions (B,), frames the
-        agent saw (B, 4, 84, 84))``. ``games``: the game of each row (``online`` mode needs it).
+        agent saw (B, 4, 84, 84))``. ``games``: the game of each row (``online`` mode and the
+        per-game :attr:`counts` need it; rows stand for games ``0..B-1`` without it).
+
+        With ``record`` (or a timed attack) the clean Q-values are computed here for every step
+        (for a stochastic agent they are the target's pass anyway; for a deterministic one it is
+        one forward pass more), and :attr:`counts` gets, per game, the steps, the steps attacked
+        and the steps whose greedy action on the perturbed frames differs from the one on the
+        clean frames. A ``timed-`` attack attacks the rows where ``softmax(Q)``'s largest minus
+        smallest probability exceeds ``timed_threshold`` (Lin et al. 2017), while the game's
+        attacked steps stay within ``timed_budget`` of its steps so far.
         """
-        if self.active:
-            assert self.spec is not None
-            known = self.stochastic and not self.spec.transfer
-            x = self.perturb(x, target=self.greedy(x) if known else None, games=games)
-        return self.greedy(x), x
+        if not self.active:
+            return self.greedy(x), x
+        spec = self.spec
+        assert spec is not None
+        rows_games = list(range(x.shape[0])) if games is None else list(games)
+        q = None
+        if self.record or spec.timed or (self.stochastic and not spec.transfer):
+            q = self.q_values(x)  # the clean pass: target, timing, action change
+        clean = None if q is None else q.argmax(dim=1)
+        # A deterministic model's attack predicts the same target itself (kept so: same frames
+        # as before); online mode always gets it (else it would predict on older perturbed
+        # frames).
+        known = not spec.transfer and (self.stochastic or self.perturb_mode == "online")
+        rows = self._timed_rows(q, rows_games) if spec.timed else None
+        seen = self.perturb(x, target=clean if known else None, games=games, rows=rows)
+        actions = self.greedy(seen)
+        if clean is not None:
+            attacked = [True] * len(rows_games) if rows is None else rows.tolist()
+            changed = actions.ne(clean).tolist()
+            for g, hit, moved in zip(rows_games, attacked, changed, strict=True):
+                count = self.counts.setdefault(g, StepCounts())
+                count.steps += 1
+                count.attacked += int(hit)
+                count.changed += int(moved)
+        return actions, seen
+
+    def _timed_rows(self, q: torch.Tensor | None, games: list[int]) -> torch.Tensor:
+        """The rows a timed attack attacks: preference above the threshold, within the budget."""
+        assert q is not None
+        probs = torch.softmax(q.double(), dim=1)
+        preference = probs.max(dim=1).values - probs.min(dim=1).values
+        rows = preference > self.timed_threshold
+        for i, g in enumerate(games):
+            count = self.counts.get(g, StepCounts())
+            # attacked steps / steps so far stays <= budget (a tiny tolerance for 0.1 * 10 == 1)
+            if count.attacked + 1 > self.timed_budget * (count.steps + 1) + 1e-9:
+                rows[i] = False
+        return rows
 
 
 class PerturbObservation(gym.ObservationWrapper):

@@ -145,6 +145,12 @@ class VisionEvalConfig:
             raise ValueError(f"eps values must be finite and >= 0 (pixel levels), got {self.eps}")
         if not self.defenses or not self.attacks:
             raise ValueError("at least one defense and one attack are needed")
+        for name in self.attacks:  # a bad name is refused before anything is loaded or written
+            if parse_attack(name).timed:
+                raise UserError(
+                    f"attack {name!r}: timed attacks choose agent steps; they are for sap-rl "
+                    "evaluate only"
+                )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.workers is not None and self.workers < 1:
