@@ -416,7 +416,7 @@ def test_parse_new_attacks(name: str, spec: AttackSpec) -> None:
     "name",
     ["pgd-10-cw-ll", "pgd-10-ll-cw", "pgd-10-r0", "pgd-10-eot-r5", "pgd-10-r", "fgsm-cw",
      "fgsm-r2", "apgd", "apgd-cw", "apgd-ce-0", "apgd-ce-ll", "square-", "square-0", "square-ll",
-     "transfer-pgd-10", "worst"],
+     "transfer-pgd-0", "timed-transfer-", "transfer-timed-fgsm", "worst"],
 )  # fmt: skip
 def test_parse_rejects_malformed_new_names(name: str) -> None:
     with pytest.raises(UserError, match="valid attacks") as err:
