@@ -1,21 +1,28 @@
-"""Training throughput: SB3's ``DQN`` vs our ``DoubleDQN`` with identical settings.
+"""Training throughput: SB3's ``DQN`` vs our ``DoubleDQN``, and each of DoubleDQN's speed levers.
 
-Both algorithms train on the same real ALE game, with the same seed, replay buffer, hyper-
-parameters and torch thread count. Both models are built and warmed up (buffer filled past
-``learning_starts``) in one process, then trained in alternating chunks of ``--steps`` env steps
-(DQN, DDQN, DDQN, DQN, DQN, ...), so load from other processes hits both alike within seconds.
-The ratio is total DDQN steps/s over total DQN steps/s; the per-round ratios show the spread.
+All models train on the same real ALE game, with the same seed, replay buffer
+(``FrameReplayBuffer``, as ``sap-rl train``), hyperparameters and torch thread count. Built and
+warmed up (buffer past ``learning_starts``) in one process, they train in turns of ``--steps``
+env steps, the order rotating every round, so load from other processes hits all of them alike
+within seconds. A ratio is a model's total steps/s over DQN's; the per-round ratios show the
+spread.
 
-Afterwards it times, interleaved, one gradient update (``train(1, 32)``) of each model and one
-no-gradient batch-32 forward pass of the Q-network, the extra work Double DQN cannot avoid, and
-prints the ratio a DoubleDQN would reach if that forward pass were its only difference:
+The variants (``--variants``): ``DoubleDQN`` as shipped (torch's fused Adam, channels-last
+convolutions, a leaner ``predict``), each lever taken away (``-fused``, ``-channels_last``,
+``-predict``), none of them (``-all``: DoubleDQN before them), and two levers tried and not kept
+(``+batched``: one pass of the online network over s and s' together; ``+inference``: the target
+side under ``torch.inference_mode``).
+
+Afterwards it times, interleaved, one gradient update (``train(1, 32)``) of DQN and DoubleDQN and
+one no-gradient batch-32 forward pass of the Q-network, the extra work Double DQN cannot avoid,
+and prints the ratio a DoubleDQN would reach if that forward pass were its only difference:
 ``cycle / (cycle + forward)``, with ``cycle`` DQN's seconds per ``train_freq`` env steps.
 
 Usage::
 
-    nice -n 10 python benchmarks/bench_train.py --game Pong --steps 500 --rounds 12
+    nice -n 10 python benchmarks/bench_train.py --game Pong --steps 500 --rounds 10
 
-Target: DoubleDQN >= 0.9x DQN steps/second.
+Target: DoubleDQN >= 1.0x DQN steps/second.
 """
 
 from __future__ import annotations
@@ -26,16 +33,60 @@ import sys
 import time
 from typing import Any
 
+VARIANTS = ("DoubleDQN", "-fused", "-channels_last", "-predict", "-all", "+batched", "+inference")
 
-def build(algo: str, args: argparse.Namespace) -> Any:
-    """A DQN or DoubleDQN model on a fresh env, warmed up past ``learning_starts``."""
+
+def variant_class(name: str) -> type:
+    """The DoubleDQN (sub)class of a variant: levers that live in methods."""
+    import torch as th
     from stable_baselines3 import DQN
 
-    from sap_rl.rl.dqn import DoubleDQN, FrameStackReplayBuffer
-    from sap_rl.rl.envs import make_vec_env
+    from sap_rl.rl.dqn import DoubleDQN, _q_values, double_dqn_target
 
-    cls: Any = DQN if algo == "DQN" else DoubleDQN
+    class SB3Predict(DoubleDQN):
+        predict = DQN.predict
+
+    class Batched(DoubleDQN):
+        def _q_and_target(self, data: Any) -> tuple[th.Tensor, th.Tensor]:
+            obs = self._network_input(data.observations)
+            nxt = self._network_input(data.next_observations)
+            both = _q_values(self.q_net, th.cat([obs, nxt]))  # one pass, gradient for both
+            with th.no_grad():
+                next_target = _q_values(self.q_net_target, nxt)
+            discounts = data.discounts if data.discounts is not None else self.gamma
+            target = double_dqn_target(
+                data.rewards, data.dones, discounts, both[len(obs) :].detach(), next_target
+            )
+            return both[: len(obs)], target
+
+    class Inference(DoubleDQN):
+        def _td_target(self, data: Any, next_input: th.Tensor) -> th.Tensor:
+            discounts = data.discounts if data.discounts is not None else self.gamma
+            with th.inference_mode():
+                next_target = _q_values(self.q_net_target, next_input)
+                next_online = _q_values(self.q_net, next_input)
+                out = double_dqn_target(data.rewards, data.dones, discounts, next_online,
+                                        next_target)  # fmt: skip
+            return out.clone()  # an inference tensor cannot enter the autograd graph
+
+    return {"-predict": SB3Predict, "-all": SB3Predict, "+batched": Batched,
+            "+inference": Inference}.get(name, DoubleDQN)  # fmt: skip
+
+
+def build(algo: str, args: argparse.Namespace) -> Any:
+    """A DQN or DoubleDQN variant on a fresh env, warmed up past ``learning_starts``."""
+    from stable_baselines3 import DQN
+
+    from sap_rl.rl.envs import make_vec_env
+    from sap_rl.rl.replay import FrameReplayBuffer
+
     env = make_vec_env(args.game, args.n_envs, seed=args.seed, training=True)
+    kwargs: dict[str, Any] = {}
+    if algo != "DQN":
+        kwargs["channels_last"] = algo not in ("-channels_last", "-all")
+        if algo in ("-fused", "-all"):
+            kwargs["policy_kwargs"] = {"optimizer_kwargs": {"foreach": True}}
+    cls: Any = DQN if algo == "DQN" else variant_class(algo)
     model = cls(
         "CnnPolicy",
         env,
@@ -48,9 +99,10 @@ def build(algo: str, args: argparse.Namespace) -> Any:
         target_update_interval=1000,
         exploration_fraction=0.1,
         exploration_final_eps=0.01,
-        replay_buffer_class=FrameStackReplayBuffer,
+        replay_buffer_class=FrameReplayBuffer,
         seed=args.seed,
         device="cpu",
+        **kwargs,
     )
     model.learn(args.learning_starts + 100)  # warm-up: fill the buffer, first updates
     return model
@@ -64,26 +116,37 @@ def timed_chunk(model: Any, steps: int) -> tuple[int, float]:
     return model.num_timesteps - start_steps, time.perf_counter() - start
 
 
-def update_costs(models: dict[str, Any], reps: int) -> dict[str, float]:
-    """Median seconds of one update of each model and of one no-grad batch-32 forward pass."""
+def update_costs(models: dict[str, Any], reps: int) -> dict[str, dict[str, float]]:
+    """Median seconds of each model's update and greedy action, and of one no-grad forward.
+
+    The jobs take turns (model after model, ``reps`` times), so load hits them alike: these
+    per-lever costs are steadier than the chunked steps/s on a busy machine.
+    """
+    import numpy as np
     import torch
 
-    q_net = models["DDQN"].q_net
-    obs = models["DDQN"].replay_buffer.sample(32).next_observations  # uint8, as in train()
+    q_net = models["DQN"].q_net
+    batch = models["DQN"].replay_buffer.sample(32).next_observations  # uint8, as in train()
+    obs = np.asarray(batch[:1])  # one env's observation, as the training loop's predict gets
 
     def forward() -> None:
         with torch.no_grad():
-            q_net(obs)
+            q_net(batch)
 
-    jobs = {"DQN": lambda: models["DQN"].train(1, 32),
-            "DDQN": lambda: models["DDQN"].train(1, 32), "forward": forward}  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in jobs}
+    jobs: dict[tuple[str, str], Any] = {("DQN", "forward"): forward}
+    for name, model in models.items():
+        jobs[name, "update"] = lambda m=model: m.train(1, 32)
+        jobs[name, "predict"] = lambda m=model: m.predict(obs, deterministic=True)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in jobs}
     for _ in range(reps):
-        for name, job in jobs.items():
+        for key, job in jobs.items():
             start = time.perf_counter()
             job()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            times[key].append(time.perf_counter() - start)
+    out: dict[str, dict[str, float]] = {name: {} for name in models}
+    for (name, what), values in times.items():
+        out[name][what] = statistics.median(values)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--update-reps", type=int, default=40, help="timed updates per model")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"DoubleDQN variants besides DQN, comma-separated (default: all of {VARIANTS})",
+    )
     args = parser.parse_args(argv)
     if not args.malloc_defaults:
         from sap_rl.memory import keep_freed_memory
@@ -112,48 +180,70 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    models = {algo: build(algo, args) for algo in ("DQN", "DDQN")}
-    steps = {algo: 0 for algo in models}
-    seconds = {algo: 0.0 for algo in models}
-    rates: dict[str, list[float]] = {algo: [] for algo in models}
+    names = ["DQN", "DoubleDQN", *(v for v in args.variants.split(",") if v and v != "DoubleDQN")]
+    unknown = set(names) - {"DQN", *VARIANTS}
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    models = {name: build(name, args) for name in names}
+    steps = {name: 0 for name in models}
+    seconds = {name: 0.0 for name in models}
+    rates: dict[str, list[float]] = {name: [] for name in models}
     for r in range(args.rounds):
-        order = ("DQN", "DDQN") if r % 2 == 0 else ("DDQN", "DQN")
-        for algo in order:
-            done, elapsed = timed_chunk(models[algo], args.steps)
-            steps[algo] += done
-            seconds[algo] += elapsed
-            rates[algo].append(done / elapsed)
-        print(f"round {r + 1}/{args.rounds}  DQN {rates['DQN'][-1]:6.1f}  "
-              f"DDQN {rates['DDQN'][-1]:6.1f} steps/s", flush=True)  # fmt: skip
-    dqn = steps["DQN"] / seconds["DQN"]
-    ddqn = steps["DDQN"] / seconds["DDQN"]
-    paired = [b / a for a, b in zip(rates["DQN"], rates["DDQN"], strict=True)]
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            done, elapsed = timed_chunk(models[name], args.steps)
+            steps[name] += done
+            seconds[name] += elapsed
+            rates[name].append(done / elapsed)
+        print(f"round {r + 1}/{args.rounds}  "
+              + "  ".join(f"{n} {rates[n][-1]:.1f}" for n in names) + " steps/s",
+              flush=True)  # fmt: skip
     print(
-        f"\n{args.game}, {args.rounds} rounds x {args.steps} steps per algorithm, "
+        f"\n{args.game}, {args.rounds} rounds x {args.steps} steps per model, "
         f"train_freq={args.train_freq}, n_envs={args.n_envs}, batch 32, "
         f"torch threads={args.threads}"
     )
-    print(f"DQN        {dqn:8.1f} steps/s ({steps['DQN']} steps in {seconds['DQN']:.1f} s)")
-    print(f"DoubleDQN  {ddqn:8.1f} steps/s ({steps['DDQN']} steps in {seconds['DDQN']:.1f} s)")
+    dqn = steps["DQN"] / seconds["DQN"]
+    for name in names:
+        rate = steps[name] / seconds[name]
+        paired = [b / a for a, b in zip(rates["DQN"], rates[name], strict=True)]
+        label = "DQN (SB3)" if name == "DQN" else name if name == "DoubleDQN" else f"DDQN {name}"
+        print(f"{label:20s} {rate:8.1f} steps/s ({steps[name]} steps in {seconds[name]:.1f} s)"
+              + ("" if name == "DQN" else f"  / DQN {rate / dqn:.3f} (per round "
+                 f"{min(paired):.3f}-{max(paired):.3f})"))  # fmt: skip
+    ddqn = steps["DoubleDQN"] / seconds["DoubleDQN"]
+    paired = [b / a for a, b in zip(rates["DQN"], rates["DoubleDQN"], strict=True)]
     ratio = ddqn / dqn
-    verdict = "met" if ratio >= 0.9 else "NOT met"
+    verdict = "met" if ratio >= 1.0 else "NOT met"
     print(f"per-round ratios: {', '.join(f'{r:.3f}' for r in paired)}")
     print(
         f"ratio DoubleDQN/DQN = {ratio:.3f} (total steps/s; median of per-round ratios "
         f"{statistics.median(paired):.3f}, range {min(paired):.3f}-{max(paired):.3f})  "
-        f"target >= 0.9: {verdict}"
+        f"target >= 1.0: {verdict}"
     )
     cost = update_costs(models, args.update_reps)
     cycle = args.train_freq / dqn  # DQN's seconds per update cycle (train_freq env steps)
+    print(f"\nmedians of {args.update_reps} interleaved calls: one update train(1, 32), one greedy "
+          f"predict (batch 1), and the cost of {args.train_freq} steps' model work "
+          f"(update + {args.train_freq} predicts) over DQN's")  # fmt: skip
+    base = cost["DQN"]["update"] + args.train_freq * cost["DQN"]["predict"]
+    for name in names:
+        work = cost[name]["update"] + args.train_freq * cost[name]["predict"]
+        label = "DQN (SB3)" if name == "DQN" else name if name == "DoubleDQN" else f"DDQN {name}"
+        update, predict = cost[name]["update"] * 1e3, cost[name]["predict"] * 1e3
+        print(f"{label:20s} update {update:6.1f} ms  predict {predict:5.2f} ms  "
+              f"model work / DQN's {work / base:.3f}")  # fmt: skip
+    ddqn_update, forward = cost["DoubleDQN"]["update"], cost["DQN"]["forward"]
     print(
-        f"one update (median of {args.update_reps}): DQN {cost['DQN'] * 1e3:.1f} ms, "
-        f"DoubleDQN {cost['DDQN'] * 1e3:.1f} ms (+{(cost['DDQN'] - cost['DQN']) * 1e3:.1f}); "
-        f"one no-grad batch-32 forward {cost['forward'] * 1e3:.1f} ms"
+        f"one update (median of {args.update_reps}): DQN {cost['DQN']['update'] * 1e3:.1f} ms, "
+        f"DoubleDQN {ddqn_update * 1e3:.1f} ms "
+        f"({(ddqn_update - cost['DQN']['update']) * 1e3:+.1f}); "
+        f"one no-grad batch-32 forward {forward * 1e3:.1f} ms"
     )
     print(
         f"one extra forward per {args.train_freq} steps alone gives "
-        f"{cycle * 1e3:.0f} / ({cycle * 1e3:.0f} + {cost['forward'] * 1e3:.1f}) ms = "
-        f"{cycle / (cycle + cost['forward']):.3f}"
+        f"{cycle * 1e3:.0f} / ({cycle * 1e3:.0f} + {forward * 1e3:.1f}) ms = "
+        f"{cycle / (cycle + forward):.3f}"
     )
     return 0
 

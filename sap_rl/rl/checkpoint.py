@@ -40,7 +40,11 @@ from sap_rl.io import (
     save_optimizer,
     save_tensors,
 )
-from sap_rl.rl.dqn import FrameStackNStepReplayBuffer, FrameStackReplayBuffer
+from sap_rl.rl.dqn import (
+    FrameStackNStepReplayBuffer,
+    FrameStackReplayBuffer,
+    match_state_layout,
+)
 from sap_rl.rl.replay import FrameReplayBuffer
 
 logger = logging.getLogger(__name__)
@@ -147,6 +151,7 @@ def restore_checkpoint(model: DQN, out: Path, state: RunState) -> None:
             f"({str(err).splitlines()[0]}); resume with the run's own config.yaml"
         ) from None
     load_optimizer(folder / OPTIMIZER_FILE, model.policy.optimizer)
+    match_state_layout(model.policy.optimizer)  # channels-last weights, fused Adam
     try:
         for name in _COUNTERS:
             value = state.model[name]

@@ -9,11 +9,14 @@ instead of DQN's ``r + discount * (1 - done) * max_a Q_target(s', a)``. ``discou
 ``gamma ** k`` for an n-step transition of ``k`` steps (SB3's ``n_steps``). Everything else is
 SB3's: ``save``/``load``, callbacks, logging, the progress bar, n-step returns, vectorized envs.
 
-:class:`FrameStackReplayBuffer` (and its n-step twin) store each transition's next observation as a
-single new frame: with a channels-first stack of 4 frames, ``next_obs == obs[1:] + [new frame]``
-always holds, so the buffer needs 5 frames per transition instead of 8 (a 100k buffer takes 3.5 GB
-instead of 5.6 GB). It is checked on every insertion and can be saved to / restored from a plain
-``.npz`` file (no pickle) for resuming.
+For speed (``bench_train``), :class:`DoubleDQN` runs torch's fused Adam, keeps its convolutions
+channels-last (NHWC, oneDNN's fast layout on CPUs) and chooses actions with a leaner ``predict``.
+
+:class:`FrameStackReplayBuffer` (and its n-step twin) store each transition's whole observation
+plus its next observation's one new frame (5 frames per transition, 3.5 GB per 100k). Training now
+uses :class:`sap_rl.rl.replay.FrameReplayBuffer` (each frame once, 0.75 GB per 100k); these two
+remain as its reference in tests and benchmarks, and their ``.npz`` files (runs started before it)
+are what ``FrameReplayBuffer.load_npz`` converts.
 
 Example:
     >>> from sap_rl.rl.envs import make_vec_env
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3 import DQN
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
@@ -95,12 +99,18 @@ def double_dqn_target(
 class DoubleDQN(DQN):
     """SB3 ``DQN`` with the Double DQN target (van Hasselt et al. 2016).
 
-    Takes exactly SB3 ``DQN``'s arguments. Only :meth:`train`'s target changes, through
-    :meth:`td_target`; saving, loading (``DoubleDQN.load``), callbacks, logging, the progress
-    bar, n-step returns and vectorized environments behave as in SB3. For speed, the gradient
-    clipping and SB3's default Adam run torch's multi-tensor (``foreach``) loops, which compute
-    bitwise the same values as the per-tensor loops SB3 uses on CPU (pass
-    ``policy_kwargs={"optimizer_kwargs": {"foreach": False}}`` to choose otherwise).
+    Takes SB3 ``DQN``'s arguments, and ``channels_last``. Only :meth:`train`'s target changes,
+    through :meth:`td_target`; saving, loading (``DoubleDQN.load``), callbacks, logging, the
+    progress bar, n-step returns and vectorized environments behave as in SB3. For speed:
+
+    - SB3's default Adam becomes torch's fused Adam (one kernel for all parameters; same
+      hyperparameters, other rounding). ``policy_kwargs={"optimizer_kwargs": {"foreach": True}}``
+      gives torch's multi-tensor loop instead, bitwise the same steps as SB3's per-tensor loop on
+      CPU (``{"foreach": False}``: that loop itself);
+    - ``channels_last=True`` (default) stores the networks' weights and the batches NHWC;
+    - gradient clipping runs torch's multi-tensor loop (bitwise SB3's result);
+    - :meth:`predict` skips SB3's per-call checks for array observations (same actions and
+      random draws).
 
     Example:
         >>> from sap_rl.rl.envs import make_vec_env
@@ -110,15 +120,30 @@ class DoubleDQN(DQN):
         >>> _ = model.learn(80)
     """
 
+    def __init__(self, *args: Any, channels_last: bool = True, **kwargs: Any) -> None:
+        self.channels_last = channels_last
+        super().__init__(*args, **kwargs)
+
     def _setup_model(self) -> None:
         super()._setup_model()
-        # Adam's multi-tensor ("foreach") loop gives bitwise the same steps as SB3's default
-        # per-tensor loop on CPU (tested), in fewer kernel launches; an explicit choice is kept.
         optimizer = self.policy.optimizer
-        if isinstance(optimizer, th.optim.Adam):
+        chosen = self.policy_kwargs.get("optimizer_kwargs", {})
+        if type(optimizer) is th.optim.Adam and not {"foreach", "fused"} & set(chosen):
+            # torch's fused Adam: one kernel for all parameters (not bitwise SB3's loop, which an
+            # explicit foreach=True or fused=False in optimizer_kwargs gives back).
+            defaults = {
+                k: v for k, v in optimizer.defaults.items() if k not in ("foreach", "fused")
+            }
+            self.policy.optimizer = th.optim.Adam(self.policy.parameters(), **defaults, fused=True)
+        elif isinstance(optimizer, th.optim.Adam):
+            # The multi-tensor ("foreach") loop gives bitwise SB3's per-tensor steps on CPU
+            # (tested), in fewer kernel launches; an explicit choice is kept.
             for group in optimizer.param_groups:
                 if group.get("foreach") is None:
                     group["foreach"] = True
+        if getattr(self, "channels_last", False):
+            # oneDNN's convolutions run faster on NHWC tensors (inputs follow in _network_input).
+            self.policy.to(memory_format=th.channels_last)  # type: ignore[call-overload]
 
     def _setup_learn(
         self,
@@ -141,6 +166,11 @@ class DoubleDQN(DQN):
         """The Double DQN TD target ``(B, 1)`` of a replay batch (no gradient)."""
         return self._td_target(replay_data, self._network_input(replay_data.next_observations))
 
+    def _q_and_target(self, replay_data: ReplayBufferSamples) -> tuple[th.Tensor, th.Tensor]:
+        """Online Q-values ``(B, A)`` of the observations and TD targets ``(B, 1)`` of a batch."""
+        target = self._td_target(replay_data, self._network_input(replay_data.next_observations))
+        return _q_values(self.q_net, self._network_input(replay_data.observations)), target
+
     def _td_target(self, replay_data: ReplayBufferSamples, next_input: th.Tensor) -> th.Tensor:
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
         with th.no_grad():
@@ -154,9 +184,39 @@ class DoubleDQN(DQN):
 
     def _network_input(self, obs: th.Tensor) -> th.Tensor:
         """``obs`` preprocessed as SB3's ``QNetwork.forward`` does (``obs.float() / 255`` here)."""
+        if getattr(self, "channels_last", False) and obs.dim() == 4:
+            obs = obs.contiguous(memory_format=th.channels_last)  # on uint8: 4x less to move
         return preprocess_obs(
             obs, self.q_net.observation_space, normalize_images=self.q_net.normalize_images
         )  # type: ignore[return-value]
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """SB3 ``DQN.predict`` (same actions, same random draws) with less work per call.
+
+        For a batch of array observations and discrete actions it skips SB3's per-call checks and
+        conversions (about a third of a batch-1 action choice on a CPU); anything else is SB3's.
+        """
+        shape = self.observation_space.shape
+        if not (
+            isinstance(observation, np.ndarray)
+            and isinstance(self.action_space, spaces.Discrete)
+            and shape is not None
+            and observation.shape[1:] == shape
+        ):
+            return super().predict(observation, state, episode_start, deterministic)
+        if not deterministic and np.random.rand() < self.exploration_rate:  # noqa: NPY002 - SB3's
+            return np.array([self.action_space.sample() for _ in range(len(observation))]), state
+        if self.policy.training:
+            self.policy.set_training_mode(False)
+        with th.inference_mode():
+            q_values = self.q_net(th.as_tensor(observation, device=self.device))
+            return q_values.argmax(dim=1).cpu().numpy(), state
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         """SB3 ``DQN.train`` with :meth:`td_target` as the target (same logging keys)."""
@@ -166,9 +226,7 @@ class DoubleDQN(DQN):
         losses = []
         for _ in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            next_input = self._network_input(replay_data.next_observations)
-            target_q_values = self._td_target(replay_data, next_input)
-            current_q_values = _q_values(self.q_net, self._network_input(replay_data.observations))
+            current_q_values, target_q_values = self._q_and_target(replay_data)
             current_q_values = th.gather(current_q_values, dim=1, index=replay_data.actions.long())
             loss = F.smooth_l1_loss(current_q_values, target_q_values)
             losses.append(loss.item())
@@ -182,6 +240,44 @@ class DoubleDQN(DQN):
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", np.mean(losses))
+
+
+def describe_optimizer(optimizer: th.optim.Optimizer) -> str:
+    """The optimizer as an agent card records it: class and torch implementation.
+
+    Example:
+        >>> describe_optimizer(th.optim.Adam([th.zeros(1, requires_grad=True)], fused=True))
+        'Adam (torch, fused)'
+    """
+    group = optimizer.param_groups[0]
+    kind = "fused" if group.get("fused") else "foreach" if group.get("foreach") else "per-tensor"
+    return f"{type(optimizer).__name__} (torch, {kind})"
+
+
+def match_state_layout(optimizer: th.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's memory layout, after a load.
+
+    A loaded Adam state comes back contiguous; torch's fused Adam silently computes wrong steps
+    when a channels-last parameter's moments are not channels-last too (torch 2.13, CPU).
+
+    Example:
+        >>> p = th.zeros(2, 3, 4, 4).to(memory_format=th.channels_last).requires_grad_()
+        >>> adam = th.optim.Adam([p], fused=True)
+        >>> adam.state[p]["exp_avg"] = th.zeros(2, 3, 4, 4)
+        >>> match_state_layout(adam)
+        >>> adam.state[p]["exp_avg"].is_contiguous(memory_format=th.channels_last)
+        True
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (
+                    isinstance(value, th.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[key] = th.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _q_values(q_net: QNetwork, network_input: th.Tensor) -> th.Tensor:

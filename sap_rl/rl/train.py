@@ -58,7 +58,7 @@ from sap_rl.rl.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from sap_rl.rl.dqn import DoubleDQN
+from sap_rl.rl.dqn import DoubleDQN, describe_optimizer
 from sap_rl.rl.envs import make_vec_env
 from sap_rl.rl.games import Game, resolve_game
 from sap_rl.rl.play import game_progress
@@ -432,6 +432,7 @@ def _train_in(
             "timesteps": cfg.timesteps,
             "n_envs": cfg.n_envs,
             "policy": "CnnPolicy (Nature CNN)",
+            "optimizer": describe_optimizer(model.policy.optimizer),
         },
         wrappers=cfg.env.describe(resolved),
         clean_score=clean,

@@ -51,7 +51,8 @@ def test_sap_inserts_after_every_relu_of_the_qnetwork() -> None:
 
 def test_sb3_q_net_maps_one_to_one() -> None:
     env = make_vec_env("Pong", 2, seed=0, training=False)
-    model = DoubleDQN("CnnPolicy", env, buffer_size=10, device="cpu", seed=0)
+    # NCHW like the agent's network: channels-last convolutions round differently
+    model = DoubleDQN("CnnPolicy", env, buffer_size=10, device="cpu", seed=0, channels_last=False)
     obs = env.reset()
     for _ in range(10):
         obs, *_ = env.step(np.ones(2, dtype=np.int64))

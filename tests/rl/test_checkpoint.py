@@ -68,6 +68,17 @@ def test_restore_gives_back_weights_optimizer_counters_and_replay(tmp_path: Path
     assert np.array_equal(np.asarray(a.observations), np.asarray(b.observations))
     assert np.array_equal(np.asarray(a.next_observations), np.asarray(b.next_observations))
     assert np.array_equal(a.actions, b.actions)
+    # and the next update is the same, bitwise (fused Adam, channels-last weights)
+    from stable_baselines3.common.logger import Logger
+
+    for model in (trained, fresh):
+        model.set_logger(Logger(folder=None, output_formats=[]))
+        np.random.seed(0)  # noqa: NPY002 - SB3 buffers sample with the global generator
+        model.train(1, 8)
+    for (name, a_), (_, b_) in zip(
+        trained.policy.state_dict().items(), fresh.policy.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a_, b_), name
 
 
 def test_a_whole_stack_replay_file_resumes(run_copy: Path) -> None:

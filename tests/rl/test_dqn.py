@@ -250,17 +250,56 @@ def test_train_step_reads_each_batch_preprocessed_once_and_exactly_as_sb3(
     assert calls == [4, 4]  # next observations (shared by both networks), then observations
 
 
+def _small_model(channels_last: bool = False, **policy_kwargs: object) -> DoubleDQN:
+    env = make_vec_env("Pong", 1, seed=0, training=True)
+    return DoubleDQN(
+        "CnnPolicy", env, buffer_size=64, learning_starts=10, train_freq=1, batch_size=4,
+        device="cpu", seed=0, policy_kwargs=policy_kwargs, channels_last=channels_last,
+    )  # fmt: skip
+
+
+def test_fused_adam_and_channels_last_by_default_train_like_sb3s_loops() -> None:
+    env = make_vec_env("Pong", 1, seed=0, training=True)
+    default = DoubleDQN("CnnPolicy", env, buffer_size=64, learning_starts=10, train_freq=1,
+                        batch_size=4, device="cpu", seed=0)  # fmt: skip
+    assert all(group["fused"] for group in default.policy.optimizer.param_groups)
+    assert default.policy.optimizer.defaults["eps"] == 1e-8  # SB3's other settings kept
+    conv = next(p for p in default.q_net.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    default.learn(30)
+    per_tensor = _small_model(optimizer_kwargs={"foreach": False})
+    per_tensor.learn(30)
+    assert default._n_updates == per_tensor._n_updates == 20
+    # Other kernels, other rounding: close, not bitwise.
+    for a, b in zip(default.policy.parameters(), per_tensor.policy.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_predict_gives_sb3s_actions_and_random_draws(deterministic: bool) -> None:
+    model = _small_model(channels_last=True)
+    env = make_vec_env("Pong", 3, seed=0, training=True)
+    obs = np.asarray(env.reset())
+    env.close()
+    model.exploration_rate = 0.5
+    for seed in range(6):
+        obs = np.roll(obs, seed, axis=-1)
+        np.random.seed(seed)  # noqa: NPY002 - DQN.predict explores with the global generator
+        model.action_space.seed(seed)
+        ours, _ = model.predict(obs, deterministic=deterministic)
+        after = np.random.rand()  # noqa: NPY002
+        np.random.seed(seed)  # noqa: NPY002
+        model.action_space.seed(seed)
+        theirs, _ = DQN.predict(model, obs, deterministic=deterministic)
+        assert np.random.rand() == after  # noqa: NPY002 - the same draws were consumed
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape == (3,)
+        assert np.array_equal(ours, theirs)
+
+
 def test_foreach_loops_train_bitwise_like_sb3s_per_tensor_loops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def model(**policy_kwargs: object) -> DoubleDQN:
-        env = make_vec_env("Pong", 1, seed=0, training=True)
-        return DoubleDQN(
-            "CnnPolicy", env, buffer_size=64, learning_starts=10, train_freq=1, batch_size=4,
-            device="cpu", seed=0, policy_kwargs=policy_kwargs,
-        )  # fmt: skip
-
-    fast = model()
+    fast = _small_model(optimizer_kwargs={"foreach": True})
     assert all(group["foreach"] for group in fast.policy.optimizer.param_groups)
     fast.learn(30)
 
@@ -271,7 +310,7 @@ def test_foreach_loops_train_bitwise_like_sb3s_per_tensor_loops(
         return per_tensor_clip(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
-    slow = model(optimizer_kwargs={"foreach": False})
+    slow = _small_model(optimizer_kwargs={"foreach": False})
     assert not any(group["foreach"] for group in slow.policy.optimizer.param_groups)
     slow.learn(30)
     assert fast._n_updates == slow._n_updates == 20

@@ -49,6 +49,7 @@ def test_card_has_clean_and_random_scores(trained_run: Path) -> None:
     assert isinstance(card["random_score"], float)
     assert card["human_score"] == 30.5
     assert card["hyperparameters"]["n_steps"] == 3
+    assert card["hyperparameters"]["optimizer"] == "Adam (torch, fused)"
     assert card["wrappers"]["frame_stack"] == 4
     assert card["wrappers"]["repeat_action_probability"] == 0.0
     assert card["evaluation"]["whole_games"] is True
@@ -56,8 +57,9 @@ def test_card_has_clean_and_random_scores(trained_run: Path) -> None:
 
 def test_save_load_gives_identical_q_values(trained_run: Path) -> None:
     net, card = load_agent(trained_run / "agent", game="breakout")
+    # NCHW like the agent's network: channels-last convolutions round differently
     sb3 = DoubleDQN("CnnPolicy", make_vec_env("Breakout", 1, seed=0, training=True), device="cpu",
-                    buffer_size=10, learning_starts=0)  # fmt: skip
+                    buffer_size=10, learning_starts=0, channels_last=False)  # fmt: skip
     restore_checkpoint(sb3, trained_run, load_checkpoint_state(trained_run))
     assert sb3.num_timesteps == card.timesteps
     venv = make_vec_env("Breakout", 4, seed=3, training=False)
