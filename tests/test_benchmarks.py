@@ -98,3 +98,12 @@ def test_bench_attacks_prints_costs_next_to_fgsm() -> None:
         assert len(rows) == 2, out  # one row per domain
         assert all(float(cost) > 0.0 for cost, _, _ in rows)
     assert re.search(r"^fgsm\s+[0-9.]+\s+1\.0\s", out, re.M)  # the reference's own ratio
+
+
+def test_compare_ale_vector_prints_equal_frames_per_game_and_fire_reset() -> None:
+    out = run_bench("compare_ale_vector", "--games", "Breakout", "--steps", "20")
+    rows = re.findall(r"^Breakout\s+fire reset (on |off)\s+newest frames equal (\d+)/(\d+)", out,
+                      re.MULTILINE)  # fmt: skip
+    assert [r[0] for r in rows] == ["on ", "off"], out
+    # without fire reset the two stacks give the same pixels (measured: 300 steps, 3 games)
+    assert rows[1][1] == rows[1][2]
