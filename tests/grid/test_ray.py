@@ -77,9 +77,10 @@ def _actor_pids() -> list[int]:
 def test_ray_files_equal_local_ones_even_with_a_worker_killed(
     agent_dir: Path, tmp_path: Path, ray_2cpu: None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Against one local process only: that 2 local processes write the same cells is tested in
+    # tests/rl/test_evaluate.py (workers) and tests/grid/test_engine.py (multi-unit cells, resume),
+    # and a run of 2 spawned processes here would add half this test's time.
     one = evaluate(_config(agent_dir), tmp_path / "one", progress=False)
-    two = evaluate(_config(agent_dir, workers=2), tmp_path / "two", progress=False)
-    assert _cells(tmp_path / "one") == _cells(tmp_path / "two")
     assert len(_cells(tmp_path / "one")) == 4
 
     # Ray, with one actor SIGKILLed as soon as the first cell is written: its unit runs again.
@@ -104,7 +105,7 @@ def test_ray_files_equal_local_ones_even_with_a_worker_killed(
     assert _cells(out) == _cells(tmp_path / "one")
     for name in ("episodes.csv", "summary.csv"):
         assert (out / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
-    assert one.rows == two.rows == result.rows
+    assert one.rows == result.rows
     if "running it again" not in caplog.text:  # the killed actor had no unit left to run
         pytest.skip("the killed actor was idle to the end; retry not exercised this time")
 
