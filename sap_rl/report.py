@@ -31,6 +31,7 @@ from typing import Any
 
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_path, atomic_write_json, atomic_write_text
+from sap_rl.stats import PairedDifference
 
 __all__ = [
     "REWARD_PANELS",
@@ -40,6 +41,7 @@ __all__ = [
     "plot_metric",
     "plot_metrics",
     "plot_relative_reward",
+    "read_differences",
     "read_summary",
     "read_summary_csv",
     "replot",
@@ -164,6 +166,33 @@ def read_summary(folder: str | os.PathLike[str]) -> list[SummaryRow]:
         return read_summary_csv(path)
     except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: unreadable summary ({err})") from None
+
+
+def read_differences(folder: str | os.PathLike[str]) -> tuple[list[PairedDifference], bool]:
+    """The paired differences to dense in ``folder/summary.json``, and whether it is vision's.
+
+    Raises:
+        UserError: no readable ``summary.json``, or one written before the differences were
+            (rerunning the evaluation command writes them: its finished cells are reused).
+    """
+    path = Path(folder) / "summary.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: no summary.json; is it the --out folder of an evaluation?")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable summary ({err})") from None
+    entries = meta.get("paired_differences") if isinstance(meta, dict) else None
+    if entries is None:
+        raise UserError(
+            f"{path}: no paired_differences; rerun the evaluation command on this folder "
+            "(its finished cells are reused, nothing is played again)"
+        )
+    try:
+        diffs = [PairedDifference(**entry) for entry in entries]
+    except TypeError as err:
+        raise UserError(f"{path}: unreadable paired_differences ({err})") from None
+    return diffs, "chance_accuracy" in meta
 
 
 def read_summary_csv(path: str | os.PathLike[str]) -> list[SummaryRow]:

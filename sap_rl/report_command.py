@@ -15,6 +15,7 @@ examples:
   sap-rl report results/rl/roadrunner-ddqn          # relative_reward.png from summary.csv/json
   sap-rl report results/rl/* results/vision/digits-*
   sap-rl report --markdown results/rl/krull-ddqn    # the README's table, printed
+  sap-rl report --differences runs/evaluate/krull  # each defense minus dense, bootstrap 95% CIs
 """
 
 
@@ -36,6 +37,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="print each folder's table of mean scores in Markdown instead of redrawing plots",
     )
+    parser.add_argument(
+        "--differences",
+        action="store_true",
+        help="print each defense's mean difference to dense per attack and eps over the matched "
+        "games or images, with its paired bootstrap 95%% CI (summary.json)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -43,10 +50,14 @@ def run(args: argparse.Namespace) -> int:
     """Redraw every folder's plot; a folder without summary files is a one-line error."""
     from pathlib import Path
 
-    from sap_rl.report import markdown_table, read_summary, replot
+    from sap_rl.report import markdown_table, read_differences, read_summary, replot
+    from sap_rl.stats import differences_table
 
     for folder in args.dirs:
-        if args.markdown:
+        if args.differences:
+            diffs, vision = read_differences(Path(folder))
+            print(differences_table(diffs, digits=3 if vision else 1))
+        elif args.markdown:
             print(markdown_table(read_summary(Path(folder))))
         else:
             print(f"wrote {replot(folder)}")

@@ -201,3 +201,31 @@ def test_report_markdown_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("| defense | attack | clean | 0.5 | 1 | 2 | 4 | 8 |\n")
     assert "| SAP-50 | PGD-10-EOT | 3203 | 4013 | 3424 | 3509 | 3456 | 3315 |" in out
+
+
+def test_report_differences_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import asdict
+
+    from sap_rl.cli import main
+    from sap_rl.stats import paired_differences
+
+    recs = [("dense", "fgsm", 1.0, v) for v in (10.0, 20.0)]
+    recs += [("sap-100", "fgsm", 1.0, v) for v in (12.0, 22.0)]
+    diffs = [asdict(d) for d in paired_differences(recs, resamples=50)]
+    write_summary(tmp_path, summarize(recs, random_score=0.0),
+                  {"game": "Pong", "paired_differences": diffs})  # fmt: skip
+    assert main(["report", "--differences", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| defense | attack | eps | minus dense | 95% CI | n |"
+    assert out[2] == "| SAP-100 | FGSM | 1 | 2.0 | [2.0, 2.0] | 2 |"
+
+
+def test_report_differences_of_an_older_summary_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sap_rl.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["report", "--differences", str(root / "results/rl/krull-ddqn")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no paired_differences" in err and "\n" not in err

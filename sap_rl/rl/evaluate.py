@@ -81,6 +81,7 @@ from sap_rl.rl.evaluate_cells import (
 )
 from sap_rl.rl.games import Game, resolve_game
 from sap_rl.rl.play import GameRecord, play_matched_games, random_policy
+from sap_rl.stats import paired_differences, with_worst
 
 __all__ = ["EvalResult", "evaluate"]
 
@@ -176,10 +177,14 @@ def evaluate(
         records = [(c.defense, attack, c.eps, g.reward)
                    for c in cells if c.name in done
                    for attack in _attacks_of(c, config) for g in done[c.name]]  # fmt: skip
+        # The worst case over attacks, per game (games are matched across cells by index).
+        records = with_worst(records, config.attacks)
         dense_clean = Cell("dense", None, 0.0).name in done
         baseline = None if dense_clean or card.clean_score.episodes == 0 else card.clean_score.mean
         rows = summarize(records, random_score=random_score, baseline_score=baseline)
         meta = _meta(config, card, folder, game, done, random_score, random_source, baseline)
+        differences = paired_differences(records, seed=config.seed)
+        meta["paired_differences"] = [asdict(d) for d in differences]
         # Per attacked cell: the fraction of steps attacked (timed attacks) and of steps whose
         # action the attack changed; cells of older versions have no counts and are left out.
         rates = {name: r for name in done if (r := files.rates(name)) is not None}

@@ -44,7 +44,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +62,7 @@ from sap_rl.io import check_out_dir, load_tensors, save_tensors
 from sap_rl.lock import output_lock
 from sap_rl.report import SummaryRow, plot_accuracy, summarize, write_csv, write_summary
 from sap_rl.sap import mc_average
+from sap_rl.stats import paired_differences, with_worst
 from sap_rl.vision.calibration import ReliabilityBins, plot_reliability, reliability_bins
 from sap_rl.vision.data import iterate_batches, load_dataset
 from sap_rl.vision.models import ModelCard, load_model
@@ -299,10 +300,13 @@ def evaluate(
                             "mean_confidence": float(cell.confidence.mean()),
                         }
                     )
+        # The worst case over attacks, per test image (every cell classifies the same images).
+        records = with_worst(records, [a.name for a in attacks])
         chance = 1.0 / card.num_classes
         dense_clean = results.get(("dense", CLEAN, 0.0))
         baseline = dense_clean.accuracy if dense_clean is not None else card.clean_accuracy
         rows = summarize(records, random_score=chance, baseline_score=baseline)
+        differences = paired_differences(records, seed=config.seed)
 
         meta = {
             "model": {
@@ -319,6 +323,7 @@ def evaluate(
             "chance_accuracy": chance,
             "dense_clean_accuracy": baseline,
             "calibration": calibration,
+            "paired_differences": [asdict(d) for d in differences],
             "wall_seconds": round(time.perf_counter() - started, 2),
             "cells": {"computed": len(results) - reused, "reused_from_earlier_run": reused},
             "device": str(dev),

@@ -337,9 +337,40 @@ def test_workers_play_exactly_the_games_of_one_process(agent_dir: Path, tmp_path
     assert (one.cells_played, two.cells_played) == (6, 6)
     for name in ("episodes.csv", "summary.csv"):
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+    _check_worst_rows(tmp_path / "one", ["fgsm", "fgsm-eot"])
     # The number of workers is not a setting of the games: the other folder's cells are reused.
     again = evaluate(_config(agent_dir, **cfg), tmp_path / "two", progress=False)
     assert (again.cells_played, again.cells_skipped) == (0, 6)
+
+
+def _check_worst_rows(out: Path, attacks: list[str]) -> None:
+    """The worst row of each (defense, eps) is the per-game minimum over the attack rows."""
+    games: dict[tuple[str, str, float], dict[str, float]] = {}
+    for r in _read(out / "episodes.csv"):
+        games.setdefault((r["defense"], r["attack"], float(r["eps"])), {})[r["seed"]] = float(
+            r["reward"]
+        )
+    summary = {(r["defense"], r["attack"], float(r["eps"])): r for r in _read(out / "summary.csv")}
+    worst = [key for key in summary if key[1] == "worst"]
+    assert {(d, e) for d, _, e in worst} == {(d, e) for d, _, e in games}
+    for defense, _, eps in worst:
+        seeds = games[(defense, attacks[0], eps)]
+        minimum = [min(games[(defense, a, eps)][s] for a in attacks) for s in seeds]
+        row = summary[(defense, "worst", eps)]
+        assert float(row["mean"]) == pytest.approx(sum(minimum) / len(minimum))
+        assert int(row["n"]) == len(minimum)
+        if eps == 0:  # no attack runs at eps 0: the worst case is the clean games
+            assert row["mean"] == summary[(defense, attacks[0], 0.0)]["mean"]
+    # Each defense against dense, per (attack, eps) including worst, with a bootstrap CI.
+    meta = json.loads((out / "summary.json").read_text())
+    pairs = {(d["defense"], d["attack"], d["eps"]): d for d in meta["paired_differences"]}
+    assert set(pairs) == {k for k in summary if k[0] != "dense"}
+    for (defense, attack, eps), d in pairs.items():
+        diff = float(summary[(defense, attack, eps)]["mean"]) - float(
+            summary[("dense", attack, eps)]["mean"]
+        )
+        assert d["diff"] == pytest.approx(diff)
+        assert d["ci_low"] <= d["diff"] + 1e-9 and d["diff"] <= d["ci_high"] + 1e-9
 
 
 def test_workers_respect_the_time_limit(agent_dir: Path, tmp_path: Path) -> None:

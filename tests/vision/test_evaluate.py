@@ -130,7 +130,8 @@ def test_result_files(small_run: Path) -> None:
     assert list(rows[0]) == [
         "defense", "attack", "eps", "n", "mean", "std", "sem", "relative", "normalized",
     ]  # fmt: skip
-    assert len(rows) == 3 * 3 * 2 and {r["n"] for r in rows} == {"40"}
+    # three attacks and their worst case, three defenses, two budgets
+    assert len(rows) == 3 * 4 * 2 and {r["n"] for r in rows} == {"40"}
     cell = {(r["defense"], r["attack"], float(r["eps"])): r for r in rows}
     dense_clean = float(cell[("dense", "fgsm", 0.0)]["mean"])
     for (defense, attack, eps), r in cell.items():
@@ -146,9 +147,40 @@ def test_result_files(small_run: Path) -> None:
     assert float(cell[("dense", "fgsm", 32.0)]["mean"]) < dense_clean
     summary = json.loads((small_run / "summary.json").read_text())
     assert summary["examples"] == 40 and summary["model"]["dataset"] == "digits"
-    assert len(summary["calibration"]) == 18 and len(summary["summary"]) == 18
+    assert len(summary["calibration"]) == 18 and len(summary["summary"]) == 24
     eces = [float(r["ece"]) for r in _rows(small_run / "calibration.csv")]
     assert all(0 <= e <= 1 for e in eces)
+
+
+def test_worst_row_is_the_per_example_minimum_of_the_attack_rows(small_run: Path) -> None:
+    from sap_rl.grid.store import cell_path
+    from sap_rl.io import load_tensors
+
+    rows = {
+        (r["defense"], r["attack"], float(r["eps"])): r for r in _rows(small_run / "summary.csv")
+    }
+    summary = json.loads((small_run / "summary.json").read_text())
+    pairs = {(d["defense"], d["attack"], d["eps"]): d for d in summary["paired_differences"]}
+    correct = {}
+    for defense in SMALL["defenses"]:
+        for eps in (0.0, 32.0):
+            cells = [f"{defense}__clean__eps0" if eps == 0 else f"{defense}__{a}__eps{eps:g}"
+                     for a in SMALL["attacks"]]  # fmt: skip
+            per_attack = [load_tensors(cell_path(small_run, c, ".safetensors"))["correct"]
+                          for c in cells]  # fmt: skip
+            correct[(defense, eps)] = torch.stack(per_attack).min(dim=0).values.double()
+            worst = rows[(defense, "worst", eps)]
+            assert float(worst["mean"]) == pytest.approx(float(correct[(defense, eps)].mean()))
+            assert float(worst["mean"]) <= min(
+                float(rows[(defense, a, eps)]["mean"]) for a in SMALL["attacks"]
+            )
+    for defense in ("sap-100", "dropout-0.1"):  # paired per image against dense
+        for eps in (0.0, 32.0):
+            d = pairs[(defense, "worst", eps)]
+            diff = correct[(defense, eps)] - correct[("dense", eps)]
+            assert d["diff"] == pytest.approx(float(diff.mean()))
+            assert d["n"] == 40 and d["resamples"] == 10_000 and d["seed"] == 0
+            assert d["ci_low"] <= d["diff"] + 1e-9 and d["diff"] <= d["ci_high"] + 1e-9
 
 
 def test_rerun_reuses_cells(

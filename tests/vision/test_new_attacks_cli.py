@@ -19,8 +19,11 @@ def test_new_attacks_run_in_the_vision_evaluator(digits_model_dir: Path, tmp_pat
     with open(out / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["defense"], r["attack"], r["eps"]) for r in rows} == {
-        (d, a, e) for d in ("dense", "sap-100") for a in ATTACKS.split(",") for e in ("0.0", "24.0")
-    }  # fmt: skip
+        (d, a, e)
+        for d in ("dense", "sap-100")
+        for a in [*ATTACKS.split(","), "worst"]
+        for e in ("0.0", "24.0")
+    }
     accuracy = {(r["defense"], r["attack"], r["eps"]): float(r["mean"]) for r in rows}
     for attack in ATTACKS.split(","):  # 24 grey levels fool the dense digits CNN on most images
         assert accuracy[("dense", attack, "24.0")] < accuracy[("dense", attack, "0.0")], attack
