@@ -134,7 +134,9 @@ class DoubleDQN(DQN):
             defaults = {
                 k: v for k, v in optimizer.defaults.items() if k not in ("foreach", "fused")
             }
-            self.policy.optimizer = th.optim.Adam(self.policy.parameters(), **defaults, fused=True)
+            # The same parameter groups: the online network's (SB3 never steps the target's).
+            groups = [{"params": group["params"]} for group in optimizer.param_groups]
+            self.policy.optimizer = th.optim.Adam(groups, **defaults, fused=True)
         elif isinstance(optimizer, th.optim.Adam):
             # The multi-tensor ("foreach") loop gives bitwise SB3's per-tensor steps on CPU
             # (tested), in fewer kernel launches; an explicit choice is kept.

@@ -28,12 +28,27 @@ from sap_rl.rl.envs import make_vec_env
 from sap_rl.rl.replay import FrameReplayBuffer
 
 
-def _model(seed: int = 0) -> DoubleDQN:
+def _model(seed: int = 0, **policy_kwargs: object) -> DoubleDQN:
     env = make_vec_env("Breakout", 1, seed=seed, training=True)
     return DoubleDQN("CnnPolicy", env, buffer_size=300, learning_starts=20, train_freq=2,
                      target_update_interval=30, replay_buffer_class=FrameReplayBuffer,
                      replay_buffer_kwargs={"n_steps": 3, "gamma": 0.99}, exploration_fraction=0.5,
-                     device="cpu", seed=seed)  # fmt: skip
+                     device="cpu", seed=seed, policy_kwargs=policy_kwargs)  # fmt: skip
+
+
+def test_a_checkpoint_from_before_fused_adam_resumes(tmp_path: Path) -> None:
+    from sap_rl.rl.checkpoint import RunState
+
+    before = _model(optimizer_kwargs={"foreach": True})  # Adam as sap-rl ran it until fused
+    before.learn(60)
+    save_checkpoint(before, tmp_path, RunState(), 1.0)
+    state = load_checkpoint_state(tmp_path)
+    assert state is not None
+    now = _model(seed=1)
+    restore_checkpoint(now, tmp_path, state)
+    assert now.policy.optimizer.param_groups[0]["foreach"]  # the run keeps its own optimizer
+    now.learn(20, reset_num_timesteps=False)
+    assert now._n_updates > before._n_updates
 
 
 def test_restore_gives_back_weights_optimizer_counters_and_replay(tmp_path: Path) -> None:

@@ -264,6 +264,8 @@ def test_fused_adam_and_channels_last_by_default_train_like_sb3s_loops() -> None
                         batch_size=4, device="cpu", seed=0)  # fmt: skip
     assert all(group["fused"] for group in default.policy.optimizer.param_groups)
     assert default.policy.optimizer.defaults["eps"] == 1e-8  # SB3's other settings kept
+    stepped = [p for group in default.policy.optimizer.param_groups for p in group["params"]]
+    assert stepped == list(default.q_net.parameters())  # the online network's, as in SB3
     conv = next(p for p in default.q_net.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     default.learn(30)
