@@ -1,6 +1,6 @@
 """``benchmarks/bench_grid.py`` runs end to end on tiny settings and prints its ratios.
 
-Tiny: one cell of one 5-step game, so the local runs stay in the script's process and Ray is left out
+Tiny: one cell of one 5-step game, so the local runs stay in the script's process, and no Ray
 (its start alone takes longer than the rest). What the figures would show, Ray's files and its
 retries, is tested in ``test_ray.py``; this test only checks that the script runs and prints
 parseable lines.
