@@ -20,5 +20,6 @@ def test_new_attacks_run_in_the_rl_evaluator(tmp_path: Path) -> None:
     with open(out / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["defense"], r["attack"], r["eps"]) for r in rows} == {
-        (d, a, e) for d in ("dense", "sap-100") for a in ATTACKS.split(",") for e in ("0.0", "1.0")
+        (d, a, e) for d in ("dense", "sap-100") for a in [*ATTACKS.split(","), "worst"]
+        for e in ("0.0", "1.0")
     }  # fmt: skip

@@ -28,7 +28,7 @@ def test_digits_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     with open(out / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["defense"], r["attack"], r["eps"]) for r in rows} == {
-        (d, a, e) for d in ("dense", "sap-100") for a in ("fgsm", "pgd-2-eot")
+        (d, a, e) for d in ("dense", "sap-100") for a in ("fgsm", "pgd-2-eot", "worst")
         for e in ("0.0", "16.0")
     }  # fmt: skip
 
