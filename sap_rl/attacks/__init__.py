@@ -27,9 +27,13 @@ module's train/eval flag afterwards. Stochastic defense layers
 deterministic (dense) network instead.
 No parameter gradients are accumulated.
 
+The package imports torch only when one of its torch names is first used (PEP 562), so the
+command line's help can list the attack grammar from :mod:`sap_rl.attacks.names` quickly.
+
 Example:
     >>> import torch
     >>> from torch import nn
+    >>> from sap_rl.attacks import fgsm, parse_attack
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     >>> x = torch.randint(0, 256, (2, 1, 4, 4)).float()
     >>> x_adv = fgsm(model, x, eps=4.0)
@@ -42,36 +46,79 @@ Example:
 
 from __future__ import annotations
 
-from sap_rl.attacks.autoattack import (
-    AUTOATTACK_PACKAGE,
-    apgd,
-    autoattack_available,
-    require_autoattack,
-    square,
-)
-from sap_rl.attacks.gradient import (
-    GRADIENT_LOSSES,
-    PIXEL_MAX,
-    PIXEL_MIN,
-    eval_mode,
-    fgsm,
-    fgsm_ll,
-    input_gradient,
-    margin_loss,
-    pgd,
-    pgd_ll,
-    predict,
-)
-from sap_rl.attacks.spec import (
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sap_rl.attacks.names import (
     ATTACK_NAMES_HELP,
     MAX_ATTACK_RESTARTS,
     MAX_ATTACK_STEPS,
     MAX_EOT_SAMPLES,
     MAX_SQUARE_QUERIES,
-    AttackSpec,
     check_eot_samples,
-    parse_attack,
 )
+
+if TYPE_CHECKING:
+    from sap_rl.attacks.autoattack import (
+        AUTOATTACK_PACKAGE,
+        apgd,
+        autoattack_available,
+        require_autoattack,
+        square,
+    )
+    from sap_rl.attacks.gradient import (
+        GRADIENT_LOSSES,
+        PIXEL_MAX,
+        PIXEL_MIN,
+        eval_mode,
+        fgsm,
+        fgsm_ll,
+        input_gradient,
+        margin_loss,
+        pgd,
+        pgd_ll,
+        predict,
+    )
+    from sap_rl.attacks.spec import AttackSpec, parse_attack
+
+#: The torch names and the module that defines each, imported on first use.
+_LAZY = {
+    **dict.fromkeys(
+        ("AUTOATTACK_PACKAGE", "apgd", "autoattack_available", "require_autoattack", "square"),
+        "autoattack",
+    ),
+    **dict.fromkeys(
+        (
+            "GRADIENT_LOSSES",
+            "PIXEL_MAX",
+            "PIXEL_MIN",
+            "eval_mode",
+            "fgsm",
+            "fgsm_ll",
+            "input_gradient",
+            "margin_loss",
+            "pgd",
+            "pgd_ll",
+            "predict",
+        ),
+        "gradient",
+    ),
+    **dict.fromkeys(("AttackSpec", "parse_attack"), "spec"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ATTACK_NAMES_HELP",

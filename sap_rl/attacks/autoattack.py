@@ -65,6 +65,7 @@ from sap_rl.attacks.gradient import (
     _validate,
     eval_mode,
 )
+from sap_rl.attacks.names import APGD_STEPS, SQUARE_QUERIES
 from sap_rl.errors import UserError
 from sap_rl.sap import forward_copies, mc_average
 
@@ -72,9 +73,6 @@ __all__ = ["AUTOATTACK_PACKAGE", "apgd", "autoattack_available", "require_autoat
 
 #: The PyPI distribution that ships AutoAttack's code (an ordinary dependency of sap-rl).
 AUTOATTACK_PACKAGE = "pyautoattack"
-#: APGD iterations and Square queries in AutoAttack's standard and ``rand`` versions.
-APGD_STEPS = 100
-SQUARE_QUERIES = 5000
 
 ApgdLoss = Literal["ce", "dlr"]
 

@@ -32,8 +32,20 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from sap_rl.attacks.autoattack import APGD_STEPS, SQUARE_QUERIES, apgd, require_autoattack, square
+from sap_rl.attacks.autoattack import apgd, require_autoattack, square
 from sap_rl.attacks.gradient import Eps, _validate, fgsm, fgsm_ll, pgd, pgd_ll
+from sap_rl.attacks.names import (
+    APGD_STEPS,
+    ATTACK_NAMES_HELP,
+    MAX_ATTACK_RESTARTS,
+    MAX_ATTACK_STEPS,
+    MAX_EOT_SAMPLES,
+    MAX_SQUARE_QUERIES,
+    SQUARE_QUERIES,
+    TIMED_PREFIX,
+    TRANSFER_PREFIX,
+    check_eot_samples,
+)
 from sap_rl.errors import UserError
 
 __all__ = [
@@ -49,31 +61,6 @@ __all__ = [
     "parse_attack",
 ]
 
-#: Most PGD or APGD steps an attack name may ask for (the literature uses 10 to 100).
-MAX_ATTACK_STEPS = 1000
-#: Most random restarts a ``pgd-<steps>-r<k>`` name may ask for (Madry et al. used up to 50).
-MAX_ATTACK_RESTARTS = 100
-#: Most queries a ``square-<queries>`` name may ask for (AutoAttack uses 5000).
-MAX_SQUARE_QUERIES = 10000
-#: Most stochastic passes one ``-eot`` gradient may average (``eot_samples``), for the same reason.
-MAX_EOT_SAMPLES = 1000
-
-ATTACK_NAMES_HELP = (
-    f"fgsm, fgsm-ll, pgd-<steps> (1 to {MAX_ATTACK_STEPS}) with optional -cw (margin loss) or -ll, "
-    f"then -r<restarts> (1 to {MAX_ATTACK_RESTARTS}), apgd-ce and apgd-dlr (optional -<steps>, "
-    f"default {APGD_STEPS}), square (optional -<queries>, default {SQUARE_QUERIES}, at most "
-    f"{MAX_SQUARE_QUERIES}), and each with an -eot suffix (averaged over the defense's "
-    "randomness), e.g. fgsm-eot, pgd-10-eot, pgd-20-cw-r5, apgd-ce-eot, square-1000; "
-    "transfer-<attack> makes any of them on the dense network (e.g. transfer-pgd-10); in RL, "
-    "timed-<attack> attacks only the steps where the agent's preference exceeds a threshold"
-)
-
-#: Prefix of a strategically timed attack (RL only; Lin et al. 2017).
-TIMED_PREFIX = "timed-"
-
-#: Prefix of an attack made on the dense network and applied to the defended one.
-TRANSFER_PREFIX = "transfer-"
-
 _PATTERNS = {
     "fgsm": re.compile(r"^fgsm(?P<ll>-ll)?(?P<eot>-eot)?$"),
     "pgd": re.compile(
@@ -82,25 +69,6 @@ _PATTERNS = {
     "apgd": re.compile(r"^apgd-(?P<loss>ce|dlr)(?:-(?P<steps>\d+))?(?P<eot>-eot)?$"),
     "square": re.compile(r"^square(?:-(?P<steps>\d+))?(?P<eot>-eot)?$"),
 }
-
-
-def check_eot_samples(value: int, name: str = "eot-samples") -> int:
-    """``value`` if it is a valid number of draws per EOT gradient (1 to :data:`MAX_EOT_SAMPLES`).
-
-    Raises:
-        UserError: not an integer, below 1 or above the bound (the message names it).
-
-    Example:
-        >>> check_eot_samples(16)
-        16
-        >>> check_eot_samples(5000)
-        Traceback (most recent call last):
-        ...
-        sap_rl.errors.UserError: eot-samples must be an integer from 1 to 1000, got 5000
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EOT_SAMPLES:
-        raise UserError(f"{name} must be an integer from 1 to {MAX_EOT_SAMPLES}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)

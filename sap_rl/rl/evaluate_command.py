@@ -16,6 +16,7 @@ import argparse
 import math
 from typing import Any
 
+from sap_rl.attacks.names import ATTACK_NAMES_HELP
 from sap_rl.errors import UserError
 
 _EXAMPLES = """\
@@ -48,8 +49,7 @@ def register(subparsers: Any) -> None:
     add("--config", metavar="FILE", help="YAML config (configs/eval/*.yaml); flags override it")
     add("--defense", metavar="LIST", help="comma-separated: dense, sap-<k>[-fast], dropout-<p>, "
         "noise-<sigma> (default: dense,sap-100)")  # fmt: skip
-    add("--attack", metavar="LIST", help="comma-separated: fgsm, pgd-<steps>, with -eot for "
-        "stochastic defenses, -ll for least-likely (default: fgsm)")  # fmt: skip
+    add("--attack", metavar="LIST", help=f"comma-separated: {ATTACK_NAMES_HELP} (default: fgsm)")
     add("--eps", metavar="LIST", help="budgets in grey levels of the 0-255 frames; 0 is always "
         "added (default: 0,1,2,4,8)")  # fmt: skip
     add("--episodes", type=int, metavar="N", help="whole games per cell (default: 4)")

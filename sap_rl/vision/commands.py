@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sap_rl.attacks.names import VISION_ATTACK_NAMES_HELP
 from sap_rl.cli_args import non_negative_int, positive_int
 from sap_rl.errors import UserError
 
@@ -251,7 +252,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument(
         "--attack",
         type=_csv,
-        help="fgsm, pgd-<steps>, -ll and -eot variants (default: fgsm,fgsm-eot,pgd-10)",
+        help=f"comma-separated: {VISION_ATTACK_NAMES_HELP} (default: fgsm,fgsm-eot,pgd-10)",
     )
     p.add_argument(
         "--mc-samples",
