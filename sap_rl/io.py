@@ -162,12 +162,38 @@ def save_tensors(
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Save a flat name -> tensor mapping as safetensors, atomically (no pickle involved)."""
-    from safetensors.torch import save_file
+    """Save a flat name -> tensor mapping as safetensors, atomically (no pickle involved).
+
+    The same tensors and metadata always give the same bytes, so a file's SHA-256 (recorded in
+    agent and model cards) identifies its content: the safetensors library writes the metadata in
+    hash-map order, which changes from one process to the next, so the header is rewritten with
+    sorted keys (same length, same offsets).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> meta = {"game": "Pong", "format": "sap-rl", "n_actions": "6"}
+        >>> save_tensors(d / "a.safetensors", {"w": torch.ones(2)}, meta)
+        >>> save_tensors(d / "b.safetensors", {"w": torch.ones(2)}, dict(reversed(meta.items())))
+        >>> (d / "a.safetensors").read_bytes() == (d / "b.safetensors").read_bytes()
+        True
+    """
+    from safetensors.torch import save
 
     contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
+    data = save(contiguous, metadata=dict(metadata) if metadata else None)
+    atomic_write_bytes(path, _canonical_header(data))
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its JSON header's keys sorted, padded to its length."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    encoded = canonical.encode("utf-8")
+    if len(encoded) > size:  # cannot happen for the library's compact JSON; keep its bytes
+        return data
+    return data[:8] + encoded.ljust(size, b" ") + data[8 + size :]
 
 
 #: What to tell a user whose checkpoint file is not safetensors (a pickle, say, or damaged).
