@@ -221,11 +221,19 @@ def test_report_differences_command(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_report_differences_of_an_older_summary_is_one_line(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from sap_rl.cli import main
 
     root = Path(__file__).resolve().parents[1]
-    assert main(["report", "--differences", str(root / "results/rl/krull-ddqn")]) == 2
+    assert main(["report", "--differences", str(root / "results/rl/krull-ddqn")]) == 0
+    assert "| SAP-50 | PGD-10-EOT | 8 |" in capsys.readouterr().out
+    summary = json.loads((root / "results/rl/krull-ddqn/summary.json").read_text())
+    del summary["paired_differences"]  # as written before the differences existed
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "summary.csv").write_bytes(
+        (root / "results/rl/krull-ddqn/summary.csv").read_bytes()
+    )
+    assert main(["report", "--differences", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no paired_differences" in err and "\n" not in err
