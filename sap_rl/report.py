@@ -36,6 +36,7 @@ from sap_rl.stats import PairedDifference
 __all__ = [
     "REWARD_PANELS",
     "SummaryRow",
+    "folder_markdown",
     "markdown_table",
     "plot_accuracy",
     "plot_metric",
@@ -193,6 +194,21 @@ def read_differences(folder: str | os.PathLike[str]) -> tuple[list[PairedDiffere
     except TypeError as err:
         raise UserError(f"{path}: unreadable paired_differences ({err})") from None
     return diffs, "chance_accuracy" in meta
+
+
+def folder_markdown(folder: str | os.PathLike[str]) -> str:
+    """:func:`markdown_table` of an evaluation folder (``sap-rl report --markdown DIR``).
+
+    Game scores get no decimals, accuracies (a ``sap-rl vision evaluate`` folder, whose
+    ``summary.json`` has ``chance_accuracy``) three.
+    """
+    rows = read_summary(folder)
+    path = Path(folder) / "summary.json"
+    try:
+        vision = path.is_file() and "chance_accuracy" in json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable summary ({err})") from None
+    return markdown_table(rows, digits=3 if vision else 0)
 
 
 def read_summary_csv(path: str | os.PathLike[str]) -> list[SummaryRow]:
@@ -438,7 +454,8 @@ def markdown_table(rows: Sequence[SummaryRow], *, digits: int = 0) -> str:
             plain = attack.removesuffix("-eot")
             if means.get((defense, plain)) == by_eps:
                 continue  # printed with the plain attack's row
-            label = f"{plain.upper()} (= {label})"
+            if (defense, plain) not in means:  # else both rows stand, as measured (vision)
+                label = f"{plain.upper()} (= {label})"
         elif defense == "dense" and means.get((defense, f"{attack}-eot")) == by_eps:
             label = f"{label} (= {label}-EOT)"
         if attack == "worst":

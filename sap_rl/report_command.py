@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     """Redraw every folder's plot; a folder without summary files is a one-line error."""
     from pathlib import Path
 
-    from sap_rl.report import markdown_table, read_differences, read_summary, replot
+    from sap_rl.report import folder_markdown, read_differences, replot
     from sap_rl.stats import differences_table
 
     for folder in args.dirs:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             diffs, vision = read_differences(Path(folder))
             print(differences_table(diffs, digits=3 if vision else 1))
         elif args.markdown:
-            print(markdown_table(read_summary(Path(folder))))
+            print(folder_markdown(Path(folder)))
         else:
             print(f"wrote {replot(folder)}")
     return 0

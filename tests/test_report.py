@@ -16,10 +16,9 @@ from sap_rl.report import (
     REWARD_PANELS,
     _normalized_slope,
     _scaled_sem,
-    markdown_table,
+    folder_markdown,
     plot_metric,
     plot_metrics,
-    read_summary,
     read_summary_csv,
     replot,
     summarize,
@@ -189,7 +188,7 @@ def test_readme_tables_are_the_report_command_output() -> None:
     )
     assert len(blocks) >= 4  # the main job and the three study agents
     for folder, table in blocks:
-        expected = markdown_table(read_summary(root / folder))
+        expected = folder_markdown(root / folder)
         assert table == expected, f"README table for {folder} is stale: rerun the command"
 
 
@@ -201,6 +200,15 @@ def test_report_markdown_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("| defense | attack | clean | 0.5 | 1 | 2 | 4 | 8 |\n")
     assert "| SAP-50 | PGD-10-EOT | 3203 | 4013 | 3424 | 3509 | 3456 | 3315 |" in out
+
+
+def test_report_markdown_vision_folder_has_accuracies_and_both_dense_pgd_rows() -> None:
+    # Accuracies get three decimals; dense PGD-10 and PGD-10-EOT differ in vision (random
+    # starts), so both rows stand under their own names.
+    table = folder_markdown(ROOT / "results/vision/digits-dense")
+    assert "| dense | PGD-10 | 0.989 | 0.983 | 0.981 | 0.972 | 0.922 | 0.680 | 0.117 |" in table
+    assert "| dense | PGD-10-EOT | 0.989 | 0.983 | 0.981 | 0.972 | 0.922 | 0.689 | 0.126 |" in table
+    assert "| dense | FGSM (= FGSM-EOT) |" in table
 
 
 def test_report_differences_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
