@@ -100,6 +100,18 @@ def test_bench_attacks_prints_costs_next_to_fgsm() -> None:
     assert re.search(r"^fgsm\s+[0-9.]+\s+1\.0\s", out, re.M)  # the reference's own ratio
 
 
+def test_eot_sweep_writes_accuracy_against_draws(tmp_path: Path) -> None:
+    out = run_bench(
+        "eot_sweep", "--draws", "2,1", "--examples", "3", "--eps", "16",
+        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--no-plot",
+    )  # fmt: skip
+    lines = (tmp_path / "out" / "eot_sweep.csv").read_text().splitlines()
+    assert lines[0].startswith("defense,attack,eps,draws,n,accuracy,sem,diff_to_max,ci_low")
+    assert [line.split(",")[3] for line in lines[1:]] == ["1", "2"]  # sorted draw counts
+    assert lines[2].split(",")[7:10] == ["0.0", "0.0", "0.0"]  # the largest count is the reference
+    assert "difference to 2 draws" in out
+
+
 def test_compare_ale_vector_prints_equal_frames_per_game_and_fire_reset() -> None:
     out = run_bench("compare_ale_vector", "--games", "Breakout", "--steps", "20")
     rows = re.findall(r"^Breakout\s+fire reset (on |off)\s+newest frames equal (\d+)/(\d+)", out,
