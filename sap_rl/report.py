@@ -459,7 +459,7 @@ def markdown_table(rows: Sequence[SummaryRow], *, digits: int = 0) -> str:
         elif defense == "dense" and means.get((defense, f"{attack}-eot")) == by_eps:
             label = f"{label} (= {label}-EOT)"
         if attack == "worst":
-            label = "worst case (per game or image, over the attacks above)"
+            label = "worst case (over attacks)"
         name = defense.upper() if defense.startswith("sap") else defense
         cells = [by_eps.get(e, math.nan) for e in [0.0, *eps_values]]
         text = ["" if math.isnan(v) else f"{v:.{digits}f}" for v in cells]

@@ -45,7 +45,7 @@ def test_worst_row_is_the_per_game_minimum_of_the_attack_rows() -> None:
     # below each attack's mean: the minimum is per game, not the worst attack on average
     assert rows[("sap", WORST, 2.0)].mean < min(rows[("sap", a, 2.0)].mean for a in ("fgsm", "pgd"))
     assert rows[("dense", WORST, 0.0)].mean == rows[("dense", "fgsm", 0.0)].mean
-    assert "| dense | WORST | 20 | 3 |" in markdown_table(list(rows.values()))
+    assert "| dense | worst case (over attacks) | 20 | 3 |" in markdown_table(list(rows.values()))
 
 
 def test_worst_needs_every_attack_and_two_of_them() -> None:
