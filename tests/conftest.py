@@ -11,6 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+# Worker processes started with "spawn" unpickle test-defined jobs by module name
+# (tests.grid.test_engine...), with the parent's sys.path. Run as the `pytest` console script,
+# that path starts at the script's folder, not the repository, so the workers could not import
+# the tests package; put the repository root first, as `python -m pytest` would.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
