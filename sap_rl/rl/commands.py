@@ -57,6 +57,12 @@ def _register_train(subparsers: Any) -> None:
         "--device", help="auto, cpu, cuda or cuda:N (default: the config's, normally auto)"
     )
     parser.add_argument(
+        "--env-backend",
+        choices=["gymnasium", "ale_vector"],
+        help="what runs the games (config env.backend): gymnasium wrappers (default) or ale-py's "
+        "C++ AtariVectorEnv (same pixels and games)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its last checkpoint (its config.yaml is reused; "
@@ -104,6 +110,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     if args.no_progress:
         overrides["progress_bar"] = False
+    if args.env_backend is not None:
+        overrides["env"] = {"backend": args.env_backend}
     games = [g.strip() for g in args.game.split(",")] if args.game is not None else None
     seeds: list[int] | None = args.seed
     time_limit_s = 60.0 * args.time_limit if args.time_limit else 0.0

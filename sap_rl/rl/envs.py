@@ -94,13 +94,20 @@ MAX_EPISODE_FRAMES = 108_000
 VecEnvKind = Literal["dummy", "subproc"]
 VEC_ENV_KINDS: tuple[str, ...] = get_args(VecEnvKind)
 
+#: What emulates and preprocesses the games: the gymnasium/SB3 wrapper stack of this module (the
+#: reference) or ale-py's C++ ``AtariVectorEnv``, same semantics (:mod:`sap_rl.rl.ale_vector`).
+EnvBackend = Literal["gymnasium", "ale_vector"]
+ENV_BACKENDS: tuple[str, ...] = get_args(EnvBackend)
+DEFAULT_ENV_BACKEND: EnvBackend = "gymnasium"
+
 
 @dataclass
 class AtariPreprocessing:
     """Preprocessing settings (the defaults are the standard DQN ones; change them knowingly).
 
     ``terminal_on_life_loss`` and ``clip_reward`` apply to training environments only;
-    evaluation environments always play whole games with raw rewards.
+    evaluation environments always play whole games with raw rewards. ``backend`` chooses what
+    runs the games (:data:`EnvBackend`); both give the same pixels and games (docs/training.md).
     """
 
     noop_max: int = 30
@@ -110,8 +117,10 @@ class AtariPreprocessing:
     terminal_on_life_loss: bool = True
     clip_reward: bool = True
     max_episode_frames: int = MAX_EPISODE_FRAMES
+    backend: EnvBackend = "gymnasium"
 
     def __post_init__(self) -> None:
+        check_env_backend(self.backend)
         for name in ("frame_skip", "screen_size", "frame_stack", "max_episode_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"'{name}' must be >= 1, got {getattr(self, name)}")
@@ -133,6 +142,18 @@ class AtariPreprocessing:
             "layout": "NCHW uint8 (n, 4, 84, 84)",
             "frame_stack_padding": "zero",
         }
+
+
+def check_env_backend(backend: str, flag: str = "env.backend") -> str:
+    """``backend`` if it is one of :data:`ENV_BACKENDS`, else a one-line :class:`UserError`.
+
+    Example:
+        >>> check_env_backend("ale_vector")
+        'ale_vector'
+    """
+    if backend not in ENV_BACKENDS:
+        raise UserError(f"{flag} must be one of {', '.join(ENV_BACKENDS)}, got {backend!r}")
+    return backend
 
 
 def _register() -> None:
@@ -329,7 +350,9 @@ def make_vec_env(
 
     ``vec_env="dummy"`` (SB3's ``DummyVecEnv``) steps the games one after another in this process;
     ``"subproc"`` (``SubprocVecEnv``) steps each game in its own process, which pays off on a
-    machine with a spare core per game (a GPU training machine), not on a 2-core CPU.
+    machine with a spare core per game (a GPU training machine), not on a 2-core CPU. With
+    ``preprocessing.backend == "ale_vector"`` the games run on ale-py's ``AtariVectorEnv``
+    (:class:`sap_rl.rl.ale_vector.AleVecEnv`, same observations and episodes).
 
     Auto-reset follows SB3: when env ``i`` is done, the returned observation is already the first
     one of its next episode and the last one is in ``infos[i]["terminal_observation"]``.
@@ -351,6 +374,14 @@ def make_vec_env(
     if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
         raise UserError(f"n_envs must be a positive integer, got {n_envs!r}")
     resolved = _as_game(game)
+    if preprocessing is not None and preprocessing.backend == "ale_vector":
+        if vec_env != "dummy":
+            raise UserError(f"vec_env {vec_env!r} needs env.backend gymnasium (ale_vector runs "
+                            "each game in its own C++ thread); drop one of the two")  # fmt: skip
+        from sap_rl.rl.ale_vector import AleVecEnv
+
+        return AleVecEnv(resolved, n_envs, seed=seed, training=training,
+                         preprocessing=preprocessing)  # fmt: skip
 
     def factory(rank: int) -> Callable[[], gym.Env]:
         def build() -> gym.Env:

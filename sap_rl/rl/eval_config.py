@@ -18,6 +18,7 @@ from sap_rl.attacks import check_eot_samples, parse_attack
 from sap_rl.defenses import parse_defense
 from sap_rl.errors import UserError
 from sap_rl.grid.executors import BACKENDS, Backend
+from sap_rl.rl.envs import EnvBackend, check_env_backend
 from sap_rl.rl.games import resolve_game
 from sap_rl.rl.perturb import PERTURB_MODES, check_eps, check_timed
 
@@ -65,6 +66,10 @@ class AtariEvalConfig:
         workers: units played at the same time: local processes or Ray actors (``None``: 1
             locally, one per CPU of a Ray cluster). Units are independent and seeded on their
             own, so this changes only the speed, never a game: give it the number of free cores.
+        env_backend: what runs the games: ``gymnasium`` (the wrapper stack, the reference of
+            every committed result) or ``ale_vector`` (ale-py's C++ ``AtariVectorEnv``, same
+            pixels and games; :mod:`sap_rl.rl.ale_vector`). Part of the fingerprint only when
+            not ``gymnasium``.
     """
 
     agent: str | None = None
@@ -87,6 +92,7 @@ class AtariEvalConfig:
     threads: int | None = None
     backend: Backend = "local"
     workers: int | None = None
+    env_backend: EnvBackend = "gymnasium"
 
     def __post_init__(self) -> None:
         names = (
@@ -113,6 +119,7 @@ class AtariEvalConfig:
             raise UserError(f"epsilon must be in [0, 1], got {self.epsilon}")
         if self.backend not in BACKENDS:
             raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        check_env_backend(self.env_backend, "env-backend")
         if self.perturb not in PERTURB_MODES:
             raise UserError(
                 f"perturb must be one of {', '.join(PERTURB_MODES)}, got {self.perturb!r}"

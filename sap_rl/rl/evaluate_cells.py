@@ -44,11 +44,17 @@ from sap_rl.grid.units import Unit, split_cell, stable_seed
 from sap_rl.io import atomic_write_json, read_json
 from sap_rl.report import write_csv
 from sap_rl.rl.agent import AgentCard, QNetwork
-from sap_rl.rl.envs import make_env
+from sap_rl.rl.envs import DEFAULT_ENV_BACKEND
 from sap_rl.rl.eval_config import AtariEvalConfig, Cell, plan_cells
 from sap_rl.rl.games import Game, resolve_game
 from sap_rl.rl.perturb import ObservationAttack, StepCounts
-from sap_rl.rl.play import GameRecord, agent_policy, play_matched_games, preprocessing_for
+from sap_rl.rl.play import (
+    GameRecord,
+    agent_policy,
+    make_eval_envs,
+    play_matched_games,
+    preprocessing_for,
+)
 
 __all__ = [
     "EPISODE_COLUMNS",
@@ -87,6 +93,10 @@ def fingerprint(card: AgentCard, game: Game, config: AtariEvalConfig) -> dict[st
         "epsilon": config.epsilon,
         "eot_samples": config.eot_samples,
         "action_samples": config.action_samples,
+        # only off the default backend: the folders of earlier runs keep their fingerprint
+        **(
+            {"env_backend": config.env_backend} if config.env_backend != DEFAULT_ENV_BACKEND else {}
+        ),
         # only with a timed attack: the folders of earlier runs keep their fingerprint
         **(
             {"timed_threshold": config.timed_threshold, "timed_budget": config.timed_budget}
@@ -129,9 +139,10 @@ def _seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def make_envs(game: Game, config: AtariEvalConfig) -> list[gym.Env]:
-    """The evaluation environments one unit needs (``min(n_envs, episodes)``)."""
-    return [make_env(game, training=False, preprocessing=preprocessing_for(config.max_steps))
-            for _ in range(min(config.n_envs, config.episodes))]  # fmt: skip
+    """The evaluation environments one unit needs (``min(n_envs, episodes)``), on the config's
+    ``env_backend``."""
+    preprocessing = preprocessing_for(config.max_steps, config.env_backend)
+    return make_eval_envs(game, min(config.n_envs, config.episodes), preprocessing)
 
 
 def play_unit(

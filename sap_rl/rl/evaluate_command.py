@@ -79,6 +79,9 @@ def register(subparsers: Any) -> None:
     add("--workers", type=int, metavar="N", help="play N units (n-envs games each) at a time, in "
         "N processes or Ray actors; changes only the speed (default: 1 locally, every CPU of a "
         "Ray cluster)")  # fmt: skip
+    add("--env-backend", choices=["gymnasium", "ale_vector"],
+        help="what runs the games: gymnasium wrappers (default, the reference) or ale-py's "
+        "C++ AtariVectorEnv (same pixels and games)")  # fmt: skip
     add("--time-limit", type=float, metavar="MINUTES",
         help="start no new unit after MINUTES; the summary covers the finished cells and "
         "rerunning the same command plays the rest")  # fmt: skip
@@ -107,6 +110,7 @@ def _floats(text: str, flag: str) -> list[float]:
 _PLAIN_KEYS = (
     "agent", "game", "episodes", "n_envs", "seed", "eot_samples", "action_samples", "perturb",
     "epsilon", "max_steps", "random_episodes", "device", "threads", "backend", "workers",
+    "env_backend",
 )  # fmt: skip
 
 

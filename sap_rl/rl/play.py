@@ -26,7 +26,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -34,7 +34,13 @@ import torch
 from torch import nn
 
 from sap_rl.errors import UserError
-from sap_rl.rl.envs import AtariPreprocessing, make_env, obs_to_tensor
+from sap_rl.rl.envs import (
+    DEFAULT_ENV_BACKEND,
+    AtariPreprocessing,
+    EnvBackend,
+    make_env,
+    obs_to_tensor,
+)
 from sap_rl.rl.games import Game
 from sap_rl.rl.perturb import ObservationAttack, PerturbObservation
 
@@ -200,8 +206,9 @@ def play_matched_games(
         active = [slot for slot, g in enumerate(playing) if g is not None]
         games = [playing[slot] for slot in active]
         actions = policy(np.stack([obs[slot] for slot in active]), games)  # type: ignore[arg-type]
-        for slot, game, action in zip(active, games, actions, strict=True):
-            obs[slot], _, terminated, truncated, info = envs[slot].step(int(action))
+        steps = _step_envs([envs[slot] for slot in active], actions)
+        for slot, game, step in zip(active, games, steps, strict=True):
+            obs[slot], _, terminated, truncated, info = step
             if not (terminated or truncated):
                 continue
             assert game is not None
@@ -222,12 +229,22 @@ def play_matched_games(
     return [results[g] for g in range(first, first + n_games)]
 
 
+def _step_envs(envs: Sequence[gym.Env], actions: np.ndarray) -> list[tuple[Any, ...]]:
+    """Each env's step result; envs that step together (``step_batch``) run at the same time."""
+    batch = getattr(envs[0], "step_batch", None)
+    if batch is not None:
+        return list(batch(envs, actions))
+    return [env.step(int(action)) for env, action in zip(envs, actions, strict=True)]
+
+
 def make_eval_envs(
     game: Game | str, n: int, preprocessing: AtariPreprocessing | None = None
 ) -> list[gym.Env]:
     """``n`` evaluation envs (whole games, raw scores) for :func:`play_matched_games`.
 
-    They are unseeded: :func:`play_matched_games` resets each game with its own seed.
+    They are unseeded: :func:`play_matched_games` resets each game with its own seed. With
+    ``preprocessing.backend == "ale_vector"`` they are :class:`sap_rl.rl.ale_vector.AleGame` s
+    (the same games, stepped together in C++ threads).
 
     Example:
         >>> envs = make_eval_envs("Pong", 2)
@@ -236,6 +253,11 @@ def make_eval_envs(
         >>> for env in envs:
         ...     env.close()
     """
+    if preprocessing is not None and preprocessing.backend == "ale_vector":
+        from sap_rl.rl.ale_vector import AleGame
+
+        return [AleGame(game, training=False, preprocessing=preprocessing)  # type: ignore[misc]
+                for _ in range(n)]  # fmt: skip
     return [make_env(game, training=False, preprocessing=preprocessing) for _ in range(n)]
 
 
@@ -340,14 +362,18 @@ def play_wrapped(
     return records
 
 
-def preprocessing_for(max_steps: int | None) -> AtariPreprocessing:
+def preprocessing_for(
+    max_steps: int | None, backend: EnvBackend = DEFAULT_ENV_BACKEND
+) -> AtariPreprocessing:
     """The evaluation preprocessing, with games capped at about ``max_steps`` agent steps.
 
     Example:
         >>> preprocessing_for(100).max_episode_frames
         400
+        >>> preprocessing_for(None, "ale_vector").backend
+        'ale_vector'
     """
-    base = AtariPreprocessing()
+    base = AtariPreprocessing(backend=backend)
     if max_steps is None:
         return base
-    return AtariPreprocessing(max_episode_frames=max_steps * base.frame_skip)
+    return AtariPreprocessing(max_episode_frames=max_steps * base.frame_skip, backend=backend)

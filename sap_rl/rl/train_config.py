@@ -162,6 +162,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive(self, "timesteps", "n_envs")
         _non_negative(self, "seed", "torch_threads", "checkpoint_freq")
+        if self.vec_env != "dummy" and self.env.backend == "ale_vector":
+            raise ValueError(
+                f"'vec_env: {self.vec_env}' needs 'env.backend: gymnasium' "
+                "(ale_vector runs each game in its own C++ thread); drop one"
+            )
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith(
             "cuda:"
         ):
