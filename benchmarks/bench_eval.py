@@ -11,6 +11,10 @@ Ways of playing the same capped games of a real ALE game, measured side by side:
   overhead;
 - ``emulators only``: the batched loop's envs and games with random actions and no network, the
   emulation and frame handling that every loop pays per agent step;
+- ``ale_vector fgsm``, ``ale_vector clean`` and ``ale_vector emulators``: the batched loop, the
+  same games (:mod:`sap_rl.rl.ale_vector` plays them identically), on the ``ale_vector`` env
+  backend (``sap-rl evaluate --env-backend ale_vector``: ale-py's C++ ``AtariVectorEnv``, one
+  thread per game) instead of the gymnasium wrappers; ``--no-ale-vector`` leaves them out;
 - ``workers fgsm`` (with ``--workers N`` > 1): what ``sap-rl evaluate --workers N`` does, N FGSM
   cells (eps, 2 eps, ...; games of the same length, all capped) played at the same time by
   the grid engine's local executor in N worker processes, each cell batched as above.
@@ -43,6 +47,7 @@ not the batching alone, and is reported as its own ratio.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -56,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     from sap_rl.defenses import apply_defense
     from sap_rl.grid import LocalExecutor, Work, set_threads, split_cell
     from sap_rl.rl.agent import QNetwork, load_agent
-    from sap_rl.rl.envs import AtariPreprocessing, make_env, n_actions
+    from sap_rl.rl.envs import AtariPreprocessing, n_actions
     from sap_rl.rl.eval_config import AtariEvalConfig, Cell
     from sap_rl.rl.evaluate_cells import GamePlayer
     from sap_rl.rl.perturb import ObservationAttack
     from sap_rl.rl.play import (
         GamePolicy,
         agent_policy,
+        make_eval_envs,
         play_matched_games,
         play_wrapped,
         random_policy,
@@ -81,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (of each process)")
     parser.add_argument("--workers", type=int, default=2, help="processes of the workers mode")
+    parser.add_argument(
+        "--no-ale-vector", action="store_true", help="leave out the ale_vector backend's modes"
+    )
     parser.add_argument(
         "--malloc-defaults",
         action="store_true",
@@ -101,20 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     model = apply_defense(net, args.defense).eval()
     preprocessing = AtariPreprocessing(max_episode_frames=4 * args.max_steps)
 
-    def play_batched(policy: GamePolicy) -> int:
+    on_ale = dataclasses.replace(preprocessing, backend="ale_vector")
+
+    def play_batched(policy: GamePolicy, ale: bool = False) -> int:
         """The batched loop: fresh envs, ``--batched-games`` games; returns the agent steps."""
-        envs = [make_env(args.game, training=False, preprocessing=preprocessing)
-                for _ in range(args.n_envs)]  # fmt: skip
+        envs = make_eval_envs(args.game, args.n_envs, on_ale if ale else preprocessing)
         games = play_matched_games(envs, policy, args.batched_games, seed=0)
         for env in envs:
             env.close()
         return sum(g.length for g in games)
 
-    def batched(eps: float) -> Callable[[], int]:
-        return lambda: play_batched(agent_policy(ObservationAttack(model, args.attack, eps)))
+    def batched(eps: float, ale: bool = False) -> Callable[[], int]:
+        return lambda: play_batched(agent_policy(ObservationAttack(model, args.attack, eps)), ale)
 
-    def emulators() -> int:
-        return play_batched(random_policy(n_actions(args.game), seed=0))
+    def emulators(ale: bool = False) -> Callable[[], int]:
+        return lambda: play_batched(random_policy(n_actions(args.game), seed=0), ale)
 
     def wrapper(eps: float) -> Callable[[], int]:
         def run() -> int:
@@ -143,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         f"wrapper {args.attack}": wrapper(args.eps),
         "batched clean": batched(0.0),
         "wrapper clean": wrapper(0.0),
-        "emulators only": emulators,
+        "emulators only": emulators(),
     }
+    if not args.no_ale_vector:
+        modes[f"ale_vector {args.attack}"] = batched(args.eps, ale=True)
+        modes["ale_vector clean"] = batched(0.0, ale=True)
+        modes["ale_vector emulators"] = emulators(ale=True)
     if args.workers > 1:
         modes[f"workers {args.attack}"] = workers
     names = list(modes)
@@ -185,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
           f"n_envs {args.n_envs}, games capped at {args.max_steps} steps, "
           f"torch threads {torch.get_num_threads()}, workers {args.workers}, "
           f"{args.rounds} rounds")  # fmt: skip
-    print(f"{'mode':<16} {'agent steps/s':>14} {'min':>8} {'max':>8}")
+    print(f"{'mode':<20} {'agent steps/s':>14} {'min':>8} {'max':>8}")
     for name in names:
-        print(f"{name:<16} {statistics.median(rates[name]):>14.0f} "
+        print(f"{name:<20} {statistics.median(rates[name]):>14.0f} "
               f"{min(rates[name]):>8.0f} {max(rates[name]):>8.0f}")  # fmt: skip
     attack = args.attack
     speedup = ratio(f"batched {attack}", f"wrapper {attack}")
@@ -201,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{ratio('batched clean', f'batched {attack}'):.2f}x")  # fmt: skip
     print(f"attack overhead, wrapper: clean / {attack} = "
           f"{ratio('wrapper clean', f'wrapper {attack}'):.2f}x")  # fmt: skip
+    if not args.no_ale_vector:
+        print(f"ale_vector / batched under {attack}: "
+              f"{ratio(f'ale_vector {attack}', f'batched {attack}'):.2f}x, clean: "
+              f"{ratio('ale_vector clean', 'batched clean'):.2f}x, emulators only: "
+              f"{ratio('ale_vector emulators', 'emulators only'):.2f}x")  # fmt: skip
+        print(f"ale_vector / wrapper under {attack}: "
+              f"{ratio(f'ale_vector {attack}', f'wrapper {attack}'):.2f}x, clean: "
+              f"{ratio('ale_vector clean', 'wrapper clean'):.2f}x")  # fmt: skip
     batched_ms = statistics.median(per_step[args.n_envs])
     single_ms = statistics.median(per_step[1])
     wrapper_ms = 1e3 / statistics.median(rates[f"wrapper {attack}"])

@@ -53,8 +53,10 @@ def test_bench_eval_prints_speedups() -> None:
     )  # fmt: skip
     assert number_after("batched / wrapper under fgsm:", out) > 0.0
     for mode in ("batched fgsm", "wrapper fgsm", "batched clean", "wrapper clean",
-                 "emulators only"):  # fmt: skip
+                 "emulators only", "ale_vector fgsm", "ale_vector clean",
+                 "ale_vector emulators"):  # fmt: skip
         assert re.search(rf"^{mode}\s+[0-9]+", out, re.MULTILINE), out
+    assert number_after("ale_vector / batched under fgsm:", out) > 0.0
 
 
 @pytest.mark.parametrize("defenses", ["sap-100", "dropout-0.1"])

@@ -18,10 +18,11 @@ No-op starts
     Matched exactly: game ``g`` reset with seed ``s`` draws its no-op count from the generator
     the gymnasium ``AtariEnv`` would have (``SeedSequence(s)``'s first word, then
     ``integers(1, noop_max + 1)``; later unseeded resets continue it, as in training), and the
-    vector env is reset with a seed whose own no-op draw (``mt19937`` + libstdc++'s
-    ``uniform_int_distribution``) is that count; the ALE's frame counter checks it every reset.
-    The ALE's own random seed then differs from gymnasium's, which changes nothing without
-    sticky actions (pixel tests).
+    vector env is reset with a seed whose own no-op draws (``mt19937`` + libstdc++'s
+    ``uniform_int_distribution``) are that count and, in training, the next two (so two of three
+    game starts need no ROM reload, which a seeded reset costs); the ALE's frame counter checks
+    every reset. The ALE's own random seed then differs from gymnasium's, which changes nothing
+    without sticky actions (pixel tests; training runs are bit-identical).
 Game length cap
     A game is truncated when the ALE's episode frame counter (no-ops included, as gymnasium's
     ``max_num_frames_per_episode``) reaches the cap, in the same agent step; the vector env
@@ -41,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 from collections.abc import Generator, Sequence
@@ -98,44 +100,67 @@ def _gymnasium_rng(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(int(np_seed))
 
 
-def _mt19937_first(seed: int, count: int) -> list[int]:
-    """The first ``count`` (< 227) outputs of C++'s ``std::mt19937(seed)``."""
-    state = [seed & 0xFFFFFFFF]
-    for i in range(1, 624):
-        state.append((1812433253 * (state[-1] ^ (state[-1] >> 30)) + i) & 0xFFFFFFFF)
-    out = []
+_MASK = np.uint64(0xFFFFFFFF)
+
+
+def _cpp_noop_draws(seeds: np.ndarray, span: int, count: int) -> np.ndarray:
+    """ale-py's no-op draws of ``count`` resets from a reset with each of ``seeds``: ``(count, n)``.
+
+    C++ ``std::uniform_int_distribution(0, span - 1)`` on ``std::mt19937(seed)``, as libstdc++
+    (GCC >= 11, ale-py's wheels) maps words to the range (Lemire's method); -1 where a word would
+    be rejected and another drawn (probability span / 2**32; such seeds are never used).
+    """
+    words = {0: seeds.astype(np.uint64)}
+    x = words[0]
+    for i in range(1, 397 + count):  # mt19937's seeding; output j needs words j, j+1, j+397
+        x = (np.uint64(1812433253) * (x ^ (x >> np.uint64(30))) + np.uint64(i)) & _MASK
+        if i <= count or i >= 397:
+            words[i] = x
+    draws = np.empty((count, len(seeds)), np.int64)
+    threshold = np.uint64((2**32 - span) % span)
     for j in range(count):
-        y = (state[j] & 0x80000000) | (state[j + 1] & 0x7FFFFFFF)
-        value = state[j + 397] ^ (y >> 1) ^ (0x9908B0DF if y & 1 else 0)
-        value ^= value >> 11
-        value ^= (value << 7) & 0x9D2C5680
-        value ^= (value << 15) & 0xEFC60000
-        out.append(value ^ (value >> 18))
-    return out
+        y = (words[j] & np.uint64(0x80000000)) | (words[j + 1] & np.uint64(0x7FFFFFFF))
+        v = words[j + 397] ^ (y >> np.uint64(1)) ^ ((y & np.uint64(1)) * np.uint64(0x9908B0DF))
+        v ^= v >> np.uint64(11)
+        v ^= (v << np.uint64(7)) & np.uint64(0x9D2C5680)
+        v ^= (v << np.uint64(15)) & np.uint64(0xEFC60000)
+        v ^= v >> np.uint64(18)
+        product = v * np.uint64(span)
+        draws[j] = np.where((product & _MASK) < threshold, -1, (product >> np.uint64(32)))
+    return draws
 
 
 def _cpp_noop_draw(seed: int, span: int) -> int:
-    """ale-py's no-op draw after a reset with ``seed``: ``uniform_int_distribution(0, span-1)``.
+    """The no-op draw of ale-py's reset with ``seed`` (:func:`_cpp_noop_draws` of one seed).
 
-    libstdc++ (GCC >= 11, ale-py's wheels) maps ``mt19937`` to the range with Lemire's method.
+    Example:
+        >>> _cpp_noop_draw(0, 31)
+        17
     """
-    for word in _mt19937_first(seed, 8):
-        product = word * span
-        low = product & 0xFFFFFFFF
-        if low >= span or low >= (2**32 - span) % span:
-            return product >> 32
-    raise RuntimeError("mt19937 rejected 8 draws in a row")  # probability < 1e-70
+    return int(_cpp_noop_draws(np.array([seed]), span, 1)[0, 0])
 
 
 @functools.cache
-def _seed_for_noops(noop_max: int) -> tuple[int, ...]:
-    """Per no-op count ``n`` (0..noop_max), the smallest vector-env seed that draws ``n``."""
-    table: dict[int, int] = {}
-    seed = 0
-    while len(table) < noop_max + 1:
-        table.setdefault(_cpp_noop_draw(seed, noop_max + 1), seed)
-        seed += 1
-    return tuple(table[n] for n in range(noop_max + 1))
+def _noop_seed_table(noop_max: int, ahead: int) -> dict[tuple[int, ...], int]:
+    """Per run of ``ahead`` no-op counts (each 1..noop_max), the smallest vector-env seed whose
+    seeded reset and ``ahead - 1`` unseeded resets after it draw them.
+
+    A seeded reset reloads the ROM (about 0.1 s, as a seeded gymnasium reset); an unseeded one
+    costs 6-7 ms. Training envs look 3 resets ahead (a table of 27,000 seeds, built in about a
+    second), so 2 of 3 game starts are unseeded; evaluation games are each seeded anyway.
+    """
+    span, start = noop_max + 1, 0
+    table: dict[tuple[int, ...], int] = {}
+    while len(table) < noop_max**ahead:
+        seeds = np.arange(start, start + 2**16)
+        draws = _cpp_noop_draws(seeds, span, ahead)
+        usable = (draws >= 1).all(axis=0)
+        keys = (draws[:, usable] * (span ** np.arange(ahead))[:, None]).sum(axis=0)
+        found, first = np.unique(keys, return_index=True)
+        for key, seed in zip(found.tolist(), seeds[usable][first].tolist(), strict=True):
+            table.setdefault(tuple((key // span**j) % span for j in range(ahead)), seed)
+        start += 2**16
+    return table
 
 
 class AleGame:
@@ -160,6 +185,7 @@ class AleGame:
     """
 
     step_batch: Any = None  # set below to step_games (how play_matched_games batches steps)
+    render_mode = None  # what SB3's VecEnv asks of its envs
 
     def __init__(
         self, game: Game | str, *, training: bool, preprocessing: AtariPreprocessing | None = None
@@ -173,7 +199,9 @@ class AleGame:
         self.episodic = training and cfg.terminal_on_life_loss
         self.fire_on_life_loss = not training and self.fire and cfg.terminal_on_life_loss
         self.clip = training and cfg.clip_reward
-        self._noop_seeds = _seed_for_noops(cfg.noop_max)
+        # How many game starts one seeded reset of the vector env plans (see _noop_seed_table).
+        self._ahead = 3 if training else 1
+        self._planned: list[int] = []  # no-op counts the vector env's next unseeded resets draw
         self.vec = AtariVectorEnv(
             rom_id(self.game), 1, num_threads=1, img_height=cfg.screen_size,
             img_width=cfg.screen_size, grayscale=True, stack_num=1, frameskip=cfg.frame_skip,
@@ -223,8 +251,17 @@ class AleGame:
         """A new game: the vector env's reset with the no-op count gymnasium would draw."""
         if seed is not None:
             self._rng = _gymnasium_rng(seed)
+            self._planned = []
         noops = noop_count(self._rng, self.cfg.noop_max)
-        obs, info = self.vec.reset(seed=np.array([self._noop_seeds[noops]]))
+        vec_seed: np.ndarray | None = None  # an unseeded reset: the vector env's next draw
+        if noops and self._planned[:1] == [noops]:
+            self._planned.pop(0)
+        elif noops:  # a seeded reset whose draws are this game's and the next ones' no-ops
+            peek = copy.deepcopy(self._rng)
+            ahead = [noop_count(peek, self.cfg.noop_max) for _ in range(self._ahead - 1)]
+            vec_seed = np.array([_noop_seed_table(self.cfg.noop_max, self._ahead)[(noops, *ahead)]])
+            self._planned = ahead
+        obs, info = self.vec.reset(seed=vec_seed)
         frames = int(info["episode_frame_number"][0])
         if frames != noops:  # another ale-py build maps its seeds to no-ops differently
             raise RuntimeError(f"ale_vector: {frames} no-op frames after a reset, wanted {noops}")
@@ -306,8 +343,10 @@ class AleGame:
         return result
 
     def close(self) -> None:
-        """Stop the game's C++ thread."""
-        self.vec.close()
+        """Stop the game's C++ thread (only dropping the vector env joins it)."""
+        vec = self.__dict__.pop("vec", None)
+        if vec is not None:
+            vec.close()
 
 
 def _drive(games: Sequence[AleGame], procs: Sequence[Proc]) -> list[Any]:
@@ -407,8 +446,8 @@ class AleVecEnv(VecEnv):
             game.close()
 
     def _indices(self, indices: VecEnvIndices) -> list[int]:
-        if indices is None:
-            return list(range(self.num_envs))
+        if indices is None:  # len(games): SB3's VecEnv.__init__ asks before it sets num_envs
+            return list(range(len(self.games)))
         return [indices] if isinstance(indices, int) else list(indices)
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:

@@ -210,3 +210,25 @@ def test_training_runs_and_resumes_on_ale_vector(tmp_path: Path, tiny_config_fil
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["timesteps"] == 400
     assert json.loads((out / "agent" / "card.json").read_text())["timesteps"] == 400
+
+
+@pytest.mark.slow
+def test_training_is_bit_identical_on_both_backends(tmp_path: Path, tiny_config_file: Path) -> None:
+    # Same seeds, same games, same no-op starts: the replay buffer and the weights match exactly.
+    import yaml
+
+    from sap_rl.rl.train import train
+    from sap_rl.rl.train_config import resolve_train_config
+
+    data = yaml.safe_load(tiny_config_file.read_text())
+    results = {}
+    for backend in ("gymnasium", "ale_vector"):
+        overrides = {"n_envs": 2, "env": {"backend": backend}}
+        cfg = resolve_train_config(data, game="Breakout", overrides=overrides)
+        results[backend] = train("Breakout", cfg, out=tmp_path / backend)
+    paths = [r.agent_dir / "model.safetensors" for r in results.values()]
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    replays = [np.load(r.out / "checkpoint" / "replay.npz") for r in results.values()]
+    assert all(np.array_equal(replays[0][k], replays[1][k]) for k in replays[0].files)
+    scores = [r.card.clean_score for r in results.values()]
+    assert scores[0] == scores[1]
