@@ -5,11 +5,13 @@ All models train on the same real ALE game, with the same seed, replay buffer
 warmed up (buffer past ``learning_starts``) in one process, they train in turns of ``--steps``
 env steps, the order rotating every round, so load from other processes hits all of them alike
 within seconds. A ratio is a model's total steps/s over DQN's; the per-round ratios show the
-spread.
+spread. On a busy machine the ratio per CPU second (steps over this process's CPU time, which
+leaves out the waits for a free core) is the steadier one.
 
 The variants (``--variants``): ``DoubleDQN`` as shipped (torch's fused Adam, channels-last
-convolutions, a leaner ``predict``), each lever taken away (``-fused``, ``-channels_last``,
-``-predict``), none of them (``-all``: DoubleDQN before them), and two levers tried and not kept
+convolutions, a leaner ``predict``, uint8 batches made channels-last floats one channel at a
+time), each lever taken away (``-fused``, ``-channels_last``, ``-predict``, ``-input``), none of
+them (``-all``: DoubleDQN before them), and two levers tried and not kept
 (``+batched``: one pass of the online network over s and s' together; ``+inference``: the target
 side under ``torch.inference_mode``).
 
@@ -33,18 +35,29 @@ import sys
 import time
 from typing import Any
 
-VARIANTS = ("DoubleDQN", "-fused", "-channels_last", "-predict", "-all", "+batched", "+inference")
+VARIANTS = ("DoubleDQN", "-fused", "-channels_last", "-predict", "-input", "-inplace", "-all",
+            "+batched", "+inference")  # fmt: skip
 
 
 def variant_class(name: str) -> type:
     """The DoubleDQN (sub)class of a variant: levers that live in methods."""
     import torch as th
     from stable_baselines3 import DQN
+    from stable_baselines3.common.preprocessing import preprocess_obs
 
     from sap_rl.rl.dqn import DoubleDQN, _q_values, double_dqn_target
 
     class SB3Predict(DoubleDQN):
         predict = DQN.predict
+
+    class ContiguousInput(DoubleDQN):
+        """The input path before (also predict's): uint8 NCHW -> NHWC, SB3's preprocess_obs."""
+
+        def _network_input(self, obs: th.Tensor) -> th.Tensor:
+            if self.channels_last and obs.dim() == 4:
+                obs = obs.contiguous(memory_format=th.channels_last)
+            out: th.Tensor = preprocess_obs(obs, self.q_net.observation_space)  # type: ignore[assignment]
+            return out
 
     class Batched(DoubleDQN):
         def _q_and_target(self, data: Any) -> tuple[th.Tensor, th.Tensor]:
@@ -69,7 +82,10 @@ def variant_class(name: str) -> type:
                                         next_target)  # fmt: skip
             return out.clone()  # an inference tensor cannot enter the autograd graph
 
-    return {"-predict": SB3Predict, "-all": SB3Predict, "+batched": Batched,
+    class Before(SB3Predict, ContiguousInput):
+        """DoubleDQN before all levers (also without fused Adam and channels-last: build())."""
+
+    return {"-predict": SB3Predict, "-input": ContiguousInput, "-all": Before, "+batched": Batched,
             "+inference": Inference}.get(name, DoubleDQN)  # fmt: skip
 
 
@@ -84,6 +100,7 @@ def build(algo: str, args: argparse.Namespace) -> Any:
     kwargs: dict[str, Any] = {}
     if algo != "DQN":
         kwargs["channels_last"] = algo not in ("-channels_last", "-all")
+        kwargs["inplace_relu"] = algo not in ("-inplace", "-all")
         if algo in ("-fused", "-all"):
             kwargs["policy_kwargs"] = {"optimizer_kwargs": {"foreach": True}}
     cls: Any = DQN if algo == "DQN" else variant_class(algo)
@@ -108,12 +125,17 @@ def build(algo: str, args: argparse.Namespace) -> Any:
     return model
 
 
-def timed_chunk(model: Any, steps: int) -> tuple[int, float]:
-    """Train ``steps`` more env steps; return (steps done, seconds)."""
+def timed_chunk(model: Any, steps: int) -> tuple[int, float, float]:
+    """Train ``steps`` more env steps; return (steps done, seconds, CPU seconds of the process).
+
+    Everything runs in this process (one torch thread, the envs in-process), so its CPU time
+    leaves out the waits for a core that other processes cause on a busy machine.
+    """
     start_steps = model.num_timesteps
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     model.learn(steps, reset_num_timesteps=False)
-    return model.num_timesteps - start_steps, time.perf_counter() - start
+    cpu = time.process_time() - start_cpu
+    return model.num_timesteps - start_steps, time.perf_counter() - start, cpu
 
 
 def update_costs(models: dict[str, Any], reps: int) -> dict[str, dict[str, float]]:
@@ -187,13 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     models = {name: build(name, args) for name in names}
     steps = {name: 0 for name in models}
     seconds = {name: 0.0 for name in models}
+    cpu_seconds = {name: 0.0 for name in models}
     rates: dict[str, list[float]] = {name: [] for name in models}
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            done, elapsed = timed_chunk(models[name], args.steps)
+            done, elapsed, cpu = timed_chunk(models[name], args.steps)
             steps[name] += done
             seconds[name] += elapsed
+            cpu_seconds[name] += cpu
             rates[name].append(done / elapsed)
         print(f"round {r + 1}/{args.rounds}  "
               + "  ".join(f"{n} {rates[n][-1]:.1f}" for n in names) + " steps/s",
@@ -204,13 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         f"torch threads={args.threads}"
     )
     dqn = steps["DQN"] / seconds["DQN"]
+    dqn_cpu = steps["DQN"] / cpu_seconds["DQN"]
     for name in names:
-        rate = steps[name] / seconds[name]
+        rate, cpu_rate = steps[name] / seconds[name], steps[name] / cpu_seconds[name]
         paired = [b / a for a, b in zip(rates["DQN"], rates[name], strict=True)]
         label = "DQN (SB3)" if name == "DQN" else name if name == "DoubleDQN" else f"DDQN {name}"
         print(f"{label:20s} {rate:8.1f} steps/s ({steps[name]} steps in {seconds[name]:.1f} s)"
               + ("" if name == "DQN" else f"  / DQN {rate / dqn:.3f} (per round "
-                 f"{min(paired):.3f}-{max(paired):.3f})"))  # fmt: skip
+                 f"{min(paired):.3f}-{max(paired):.3f})")
+              + f"; per CPU second {cpu_rate:.1f}"
+              + ("" if name == "DQN" else f" / DQN {cpu_rate / dqn_cpu:.3f}"))  # fmt: skip
     ddqn = steps["DoubleDQN"] / seconds["DoubleDQN"]
     paired = [b / a for a, b in zip(rates["DQN"], rates["DoubleDQN"], strict=True)]
     ratio = ddqn / dqn
@@ -220,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio DoubleDQN/DQN = {ratio:.3f} (total steps/s; median of per-round ratios "
         f"{statistics.median(paired):.3f}, range {min(paired):.3f}-{max(paired):.3f})  "
         f"target >= 1.0: {verdict}"
+    )
+    cpu_ratio = steps["DoubleDQN"] / cpu_seconds["DoubleDQN"] / dqn_cpu
+    print(
+        f"ratio per CPU second (this process's CPU time, no waits for a busy core) = "
+        f"{cpu_ratio:.3f}"
     )
     cost = update_costs(models, args.update_reps)
     cycle = args.train_freq / dqn  # DQN's seconds per update cycle (train_freq env steps)

@@ -237,25 +237,63 @@ def test_train_step_reads_each_batch_preprocessed_once_and_exactly_as_sb3(
         assert torch.equal(
             dqn._q_values(pong_model.q_net, pong_model._network_input(obs)), pong_model.q_net(obs)
         )
+    # Channels-last, uint8 batches take the one-copy-per-channel path, not SB3's preprocess_obs.
     calls: list[int] = []
-    original = dqn.preprocess_obs
+    original = dqn._channels_last_float
 
-    def counting(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    def counting(x: torch.Tensor, scale: float) -> torch.Tensor:
         calls.append(x.shape[0])
-        return original(x, *args, **kwargs)  # type: ignore[arg-type]
+        return original(x, scale)
 
     pong_model.learn(12)  # fills the buffer and sets up SB3's logger
-    monkeypatch.setattr(dqn, "preprocess_obs", counting)
+    monkeypatch.setattr(dqn, "_channels_last_float", counting)
+    monkeypatch.setattr(dqn, "preprocess_obs", None)  # not called
     pong_model.train(gradient_steps=1, batch_size=4)
     assert calls == [4, 4]  # next observations (shared by both networks), then observations
 
 
-def _small_model(channels_last: bool = False, **policy_kwargs: object) -> DoubleDQN:
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_network_input_is_bitwise_sb3s_preprocessing(channels_last: bool) -> None:
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    from sap_rl.rl import dqn
+
+    model = _small_model(channels_last=channels_last)
+    obs = torch.randint(0, 256, (32, 4, 84, 84), dtype=torch.uint8)
+    ours = model._network_input(obs)
+    assert torch.equal(ours, preprocess_obs(obs, model.observation_space))  # type: ignore[arg-type]
+    assert ours.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(dqn._channels_last_float(obs, 1.0), obs.float())  # normalize_images off
+    with torch.no_grad():  # and the Q-values are SB3's forward's, bitwise
+        assert torch.equal(dqn._q_values(model.q_net, ours), model.q_net(obs))
+
+
+def _small_model(
+    channels_last: bool = False, inplace_relu: bool = True, **policy_kwargs: object
+) -> DoubleDQN:
     env = make_vec_env("Pong", 1, seed=0, training=True)
     return DoubleDQN(
         "CnnPolicy", env, buffer_size=64, learning_starts=10, train_freq=1, batch_size=4,
         device="cpu", seed=0, policy_kwargs=policy_kwargs, channels_last=channels_last,
+        inplace_relu=inplace_relu,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_inplace_relus_train_bitwise_like_sb3s(channels_last: bool) -> None:
+    models = []
+    for inplace in (True, False):  # each built, then trained: SB3 seeds the global generators
+        model = _small_model(channels_last, inplace)
+        model.learn(30)
+        models.append(model)
+    relus = [
+        [m for m in model.policy.modules() if isinstance(m, torch.nn.ReLU)] for model in models
+    ]
+    assert len(relus[0]) == 8 and all(m.inplace for m in relus[0])  # 4 per network
+    assert not any(m.inplace for m in relus[1])
+    assert models[0]._n_updates == models[1]._n_updates == 20
+    for a, b in zip(models[0].policy.parameters(), models[1].policy.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_fused_adam_and_channels_last_by_default_train_like_sb3s_loops() -> None:
