@@ -162,9 +162,12 @@ def test_pgd_objective_is_cross_entropy_on_pgd_examples() -> None:
     assert loss.item() == pytest.approx(F.cross_entropy(net(x_adv), y).item(), rel=1e-5)
 
 
-@pytest.mark.parametrize(("hardware", "strategy"), [("params", "lamp"), ("flops", "erk")])
+@pytest.mark.parametrize(
+    ("hardware", "strategy", "optimizer"),
+    [("params", "lamp", "sgd"), ("flops", "erk", "sgd"), ("params", "uniform", "adam")],
+)
 def test_harp_reaches_sparsity_and_save_load_gives_same_outputs(
-    hardware: str, strategy: str, tmp_path: Path
+    hardware: str, strategy: str, optimizer: str, tmp_path: Path
 ) -> None:
     from sap_rl.io import load_tensors, save_tensors
 
@@ -172,7 +175,7 @@ def test_harp_reaches_sparsity_and_save_load_gives_same_outputs(
     net = small_net()
     cfg = from_dict(HarpConfig, {"sparsity": 0.8, "prune_epochs": 2, "finetune_epochs": 1,
                                  "steps": 1, "eps": 4, "step_size": 4, "hardware": hardware,
-                                 "strategy": strategy})  # fmt: skip
+                                 "strategy": strategy, "optimizer": optimizer})  # fmt: skip
     result = harp_prune(net, lambda e: [(x[:48], y[:48]), (x[48:], y[48:])], cfg)
     stats = result.stats
     if hardware == "params":
@@ -190,6 +193,25 @@ def test_harp_reaches_sparsity_and_save_load_gives_same_outputs(
     torch.testing.assert_close(fresh(x), result.model(x))
     # the original model is untouched
     assert not any(isinstance(m, MaskedLayer) for m in net.modules())
+
+
+def test_adam_moves_the_scores_and_then_the_kept_weights() -> None:
+    x, y = toy_data()
+    net = small_net()
+    cfg = HarpConfig(sparsity=0.5, prune_epochs=1, finetune_epochs=1, steps=1, eps=0.0,
+                     step_size=0.0, optimizer="adam", lr=1e-2, finetune_lr=1e-2)  # fmt: skip
+    result = harp_prune(net, lambda e: [(x, y)], cfg)
+    before = {n: p for n, p in net.named_parameters() if p.ndim > 1}
+    for name, param in result.model.named_parameters():
+        if name in before:
+            kept = result.masks[name]
+            assert not torch.equal(param[kept], before[name][kept])  # fine-tuned
+            assert (param[~kept] == 0).all()
+
+
+def test_an_unknown_optimizer_is_refused() -> None:
+    with pytest.raises(ValueError, match="optimizer must be sgd or adam"):
+        HarpConfig(sparsity=0.5, optimizer="rmsprop")  # type: ignore[arg-type]
 
 
 def test_check_masks_refuses_nonzero_pruned_weights() -> None:

@@ -7,8 +7,8 @@ to prune in each layer, for any torch model.
    weights and FLOPs on one batch, and spread the target density over them (``uniform``, ``lamp``
    or ``erk``);
 2. **prune** (``prune_epochs``): the weights are frozen; each layer's importance scores and
-   keep-rate score learn, by SGD with a cosine schedule, to minimize the adversarial objective
-   (``pgd``, ``trades`` or ``mart``) plus the hardware loss
+   keep-rate score learn, by SGD (or Adam) with a cosine schedule, to minimize the adversarial
+   objective (``pgd``, ``trades`` or ``mart``) plus the hardware loss
    ``gamma * max(kept cost / target - 1, 0)`` on parameters or FLOPs; ``gamma`` is multiplied by
    ``gamma_growth`` after each epoch that ends over the target;
 3. fix the masks: the learned rates, shrunk together if they still exceed the target
@@ -86,7 +86,11 @@ class HarpConfig:
         finetune_epochs: epochs fine-tuning the kept weights (the paper: 100).
         lr: initial learning rate of the scores and rates (cosine schedule).
         finetune_lr: initial learning rate of the fine-tuning (cosine schedule).
-        momentum, weight_decay: SGD settings (no weight decay on the rate scores).
+        optimizer: ``sgd`` (the paper's, with ``momentum``) or ``adam`` (for networks trained
+            with Adam and no batch norm, such as DQN's Q-networks, which SGD at the paper's
+            rates throws off; ``momentum`` is then unused).
+        momentum, weight_decay: SGD settings (``weight_decay`` applies to Adam too; never on
+            the rate scores).
         gamma: initial weight of the hardware loss (the paper: 0.01).
         gamma_growth: factor applied to gamma after an epoch that ends over the target.
         k_min_factor: a layer keeps at least ``k_min_factor * (1 - sparsity)`` of its weights.
@@ -104,6 +108,7 @@ class HarpConfig:
     finetune_epochs: int = 100
     lr: float = 0.1
     finetune_lr: float = 0.01
+    optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     gamma: float = 0.01
@@ -131,6 +136,8 @@ class HarpConfig:
             raise ValueError("eps and step_size must be >= 0 and steps >= 1")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
 
     @property
     def density(self) -> float:
@@ -272,13 +279,13 @@ def harp_prune(
     rate_scores = [w.rate_score for w in wrappers.values()]
     learned = {id(p) for p in [*scores, *rate_scores]}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in learned]
-    optimizer = torch.optim.SGD(
+    optimizer = _optimizer(
+        config,
         [
             {"params": scores + others, "weight_decay": config.weight_decay},
             {"params": rate_scores, "weight_decay": 0.0},
         ],
-        lr=config.lr,
-        momentum=config.momentum,
+        config.lr,
     )
     gamma = config.gamma
     for epoch in range(config.prune_epochs):
@@ -306,8 +313,8 @@ def harp_prune(
 
     # 4. Fine-tune the kept weights.
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.finetune_lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)  # fmt: skip
+    optimizer = _optimizer(config, [{"params": params, "weight_decay": config.weight_decay}],
+                           config.finetune_lr)  # fmt: skip
     for epoch in range(config.finetune_epochs):
         lr = _cosine(config.finetune_lr, epoch, config.finetune_epochs)
         start = time.perf_counter()
@@ -322,6 +329,14 @@ def harp_prune(
     model = model.cpu().eval()
     stats = sparsity_stats(model, example.cpu())
     return HarpResult(model, masks, stats, dense_stats, history)
+
+
+def _optimizer(
+    config: HarpConfig, groups: list[dict[str, Any]], lr: float
+) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
 
 
 def _first_batch(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,9 +6,13 @@ states:
 1. play the dense agent (epsilon-greedy with a small epsilon for varied states, seeded games and
    exploration) and keep every ``every``-th stacked frame until ``frames`` are collected;
 2. label each frame with the dense agent's greedy action on it (clean);
-3. run :func:`sap_rl.pruning.harp_prune` with the PGD-AT objective: the pruned network learns to
-   keep the dense agent's greedy action (cross-entropy over its Q-values as logits) on
-   PGD-perturbed frames (eps in pixel levels, like ``sap-rl evaluate --eps``);
+3. run :func:`sap_rl.pruning.harp_prune` with an adversarial objective (PGD-AT by default;
+   TRADES and MART also work with actions as labels): the pruned network learns to keep the
+   dense agent's greedy action, cross-entropy over its Q-values divided by a ``temperature``
+   (policy distillation, Rusu et al. 2016), on PGD-perturbed frames (eps in pixel levels, like
+   ``sap-rl evaluate --eps``). The Q-values of one state differ by little, so a softmax over
+   raw Q-values is nearly uniform and its cross-entropy hardly separates the actions: at
+   temperature 1 the pruned RoadRunner network fell back to one action; at 0.01 it learned;
 4. measure agreement with the dense agent's actions on held-out frames (the last ``holdout``
    share), clean and under the same PGD attack;
 5. write an agent folder (:func:`sap_rl.rl.agent.save_agent`): pruned weights are zeros, the masks
@@ -19,7 +23,7 @@ states:
 Example:
     >>> cfg = agent_prune_config({"frames": 64, "harp": {"sparsity": 0.8}})
     >>> cfg.harp.sparsity, cfg.harp.objective, cfg.harp.eps, cfg.frames
-    (0.8, 'pgd', 2.0, 64)
+    (0.8, 'pgd', 1.0, 64)
 """
 
 from __future__ import annotations
@@ -47,9 +51,12 @@ logger = logging.getLogger(__name__)
 
 
 def _default_harp() -> HarpConfig:
-    # PGD-5 at eps 2 pixel levels (the largest budget of the Atari study) with step 1.
-    return HarpConfig(sparsity=0.9, prune_epochs=5, finetune_epochs=10, eps=2.0, steps=5,
-                      step_size=1.0)  # fmt: skip
+    # PGD-5 at eps 1 pixel level (the middle budget of the Atari study) with step 0.5. Adam at
+    # the rates of DQN training, no weight decay: the Q-network was trained with Adam and has no
+    # batch norm, and SGD at HARP's CIFAR rates (0.1, then 0.01) lost most of its actions.
+    return HarpConfig(sparsity=0.9, prune_epochs=5, finetune_epochs=10, eps=1.0, steps=5,
+                      step_size=0.5, optimizer="adam", lr=1e-3, finetune_lr=1e-4,
+                      weight_decay=0.0)  # fmt: skip
 
 
 @dataclass
@@ -64,6 +71,8 @@ class AgentPruneConfig:
         seed: seeds the games, the exploration and HARP (``harp.seed`` is set from it).
         batch_size: frames per minibatch.
         holdout: share of the frames (the last ones) kept out of training to measure agreement.
+        temperature: the Q-values are divided by it before the cross-entropy (policy
+            distillation; 0.01 as in Rusu et al. 2016). The saved agent's Q-values are not.
         harp: HARP's settings (the objective must be ``pgd``: cross-entropy to the dense
             agent's action on PGD frames).
     """
@@ -75,6 +84,7 @@ class AgentPruneConfig:
     seed: int = 0
     batch_size: int = 64
     holdout: float = 0.1
+    temperature: float = 0.01
     harp: HarpConfig = field(default_factory=_default_harp)
 
     def __post_init__(self) -> None:
@@ -84,6 +94,8 @@ class AgentPruneConfig:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
         if not 0.0 <= self.holdout < 1.0:
             raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+        if not self.temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.harp.objective != "pgd":
             raise ValueError(
                 "agents are pruned by robust distillation, the pgd objective; "
@@ -95,7 +107,7 @@ class AgentPruneConfig:
 
 def agent_prune_config(data: dict[str, Any] | None) -> AgentPruneConfig:
     """:class:`AgentPruneConfig` from YAML values laid over the defaults (the ``harp`` section
-    too, so a partial one keeps the agent defaults such as eps 2 rather than HARP's CIFAR ones).
+    too, so a partial one keeps the agent defaults such as eps 1 rather than HARP's CIFAR ones).
 
     Raises:
         UserError: an unknown key or a bad value (one line).
@@ -170,6 +182,19 @@ def _agreement(
     return clean, hits / frames.shape[0]
 
 
+def _sharpened(q_net: torch.nn.Module, temperature: float) -> torch.nn.Module:
+    """A copy of ``q_net`` whose outputs are divided by ``temperature``.
+
+    A forward hook rather than a wrapping module, so that the layer names (masks, ``exclude``
+    patterns, the card's per-layer rates) stay those of the agent's network.
+    """
+    import copy
+
+    sharp = copy.deepcopy(q_net)
+    sharp.register_forward_hook(lambda _module, _inputs, out: out / temperature)
+    return sharp
+
+
 def prune_agent(
     agent_dir: str | os.PathLike[str],
     config: AgentPruneConfig,
@@ -217,7 +242,9 @@ def prune_agent(
                 print(f"{log.phase} {log.epoch}: loss {log.loss:.3f}, action agreement under "
                       f"PGD {log.accuracy:.3f}, kept {log.kept:.4f}", file=sys.stderr)  # fmt: skip
 
-        result = harp_prune(q_net, batches, harp, device=dev, on_epoch=on_epoch)
+        result = harp_prune(_sharpened(q_net, config.temperature), batches, harp, device=dev,
+                            on_epoch=on_epoch)  # fmt: skip
+        result.model._forward_hooks.clear()  # the copy's temperature hook; Q-values stay Q-values
         clean, robust = _agreement(result.model, frames[n_train:], labels[n_train:], harp)
         pruning: dict[str, Any] = {
             **result.card(harp, card.name),
@@ -226,7 +253,9 @@ def prune_agent(
             "distillation": {
                 "frames": int(frames.shape[0]), "train_frames": n_train, "every": config.every,
                 "epsilon": config.epsilon, "seed": config.seed,
-                "loss": "cross-entropy to the dense agent's greedy action on PGD frames",
+                "temperature": config.temperature,
+                "loss": "cross-entropy of Q / temperature to the dense agent's greedy action on "
+                        "PGD frames",
                 "heldout_agreement_clean": clean, "heldout_agreement_pgd": robust,
             },
         }  # fmt: skip

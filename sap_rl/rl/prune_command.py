@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", type=Path, help="YAML pruning config (flags override it)")
     parser.add_argument("--frames", type=positive_int, help="states to collect (default 4000)")
     parser.add_argument(
-        "--eps", type=positive_float, help="PGD budget in pixel levels while pruning (default 2)"
+        "--eps", type=positive_float, help="PGD budget in pixel levels while pruning (default 1)"
     )
     parser.add_argument(
         "--out", type=Path, help="pruned agent folder (default: runs/<agent>-harp-<sparsity>)"

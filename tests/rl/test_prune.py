@@ -52,6 +52,7 @@ def test_collected_frames_are_seeded() -> None:
         (["--sparsity", "1"], "sparsity must be in (0, 1)"),
         (["--sparsity", "-0.5"], "sparsity must be in (0, 1)"),
         (["--sparsity", "0.9", "--objective", "trades"], "robust distillation"),
+        (["--sparsity", "0.9", "--config", "TEMP0"], "temperature must be > 0"),
         (["--sparsity", "0.9", "--strategy", "snip"], "invalid choice"),
         (["--sparsity", "0.9", "--exclude", "*"], "no prunable layers"),
     ],
@@ -60,6 +61,9 @@ def test_bad_input_is_one_line_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
     out = tmp_path / "never"
+    if "TEMP0" in extra:
+        (tmp_path / "t.yaml").write_text("temperature: 0\n")
+        extra = [str(tmp_path / "t.yaml") if e == "TEMP0" else e for e in extra]
     try:
         code = main(["prune", "--agent", str(AGENT), *extra, "--out", str(out), "--quiet"])
     except SystemExit as exit_info:
@@ -85,8 +89,34 @@ def test_a_partial_harp_section_keeps_the_agent_defaults() -> None:
     from sap_rl.rl.prune import agent_prune_config
 
     config = agent_prune_config({"harp": {"sparsity": 0.8, "steps": 3}})
-    assert (config.harp.sparsity, config.harp.steps, config.harp.eps) == (0.8, 3, 2.0)
+    assert (config.harp.sparsity, config.harp.steps, config.harp.eps) == (0.8, 3, 1.0)
     assert config.harp.finetune_epochs == 10
+    assert (config.harp.optimizer, config.harp.finetune_lr, config.temperature) == (
+        "adam",
+        1e-4,
+        0.01,
+    )
+
+
+def test_the_temperature_sharpens_a_copy_and_the_saved_agent_gives_q_values(
+    tmp_path: Path,
+) -> None:
+    from sap_rl.rl.prune import _sharpened
+
+    net, _ = load_agent(AGENT)
+    x = torch.rand(2, 4, 84, 84) * 255
+    sharp = _sharpened(net, 0.01)
+    torch.testing.assert_close(sharp(x), net(x) / 0.01)
+    assert not net._forward_hooks  # the agent's own network is untouched
+    out = tmp_path / "rr-harp"
+    assert main(["prune", "--agent", str(AGENT), "--sparsity", "0.5", "--out", str(out),
+                 *TINY]) == 0  # fmt: skip
+    pruned, card = load_agent(out)
+    assert card.pruning["distillation"]["temperature"] == 0.01
+    # Q-values on the scale of the dense agent's, not 100 times larger
+    with torch.no_grad():
+        ratio = pruned(x).abs().mean() / net(x).abs().mean()
+    assert 0.1 < float(ratio) < 10
 
 
 def test_a_harp_section_that_is_not_a_mapping_is_one_line(
