@@ -23,6 +23,7 @@ and prints the ratio a DoubleDQN would reach if that forward pass were its only 
 Usage::
 
     nice -n 10 python benchmarks/bench_train.py --game Pong --steps 500 --rounds 10
+    nice -n 10 python benchmarks/bench_train.py --env-backend ale_vector --variants DoubleDQN
 
 Target: DoubleDQN >= 1.0x DQN steps/second.
 """
@@ -93,10 +94,11 @@ def build(algo: str, args: argparse.Namespace) -> Any:
     """A DQN or DoubleDQN variant on a fresh env, warmed up past ``learning_starts``."""
     from stable_baselines3 import DQN
 
-    from sap_rl.rl.envs import make_vec_env
+    from sap_rl.rl.envs import AtariPreprocessing, make_vec_env
     from sap_rl.rl.replay import FrameReplayBuffer
 
-    env = make_vec_env(args.game, args.n_envs, seed=args.seed, training=True)
+    env = make_vec_env(args.game, args.n_envs, seed=args.seed, training=True,
+                       preprocessing=AtariPreprocessing(backend=args.env_backend))  # fmt: skip
     kwargs: dict[str, Any] = {}
     if algo != "DQN":
         kwargs["channels_last"] = algo not in ("-channels_last", "-all")
@@ -187,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         help="keep glibc's malloc defaults (sap-rl's commands keep freed memory)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--env-backend",
+        choices=("gymnasium", "ale_vector"),
+        default="gymnasium",
+        help="environments of every model: the wrapper stack or ale-py's AtariVectorEnv",
+    )
     parser.add_argument("--update-reps", type=int, default=40, help="timed updates per model")
     parser.add_argument(
         "--variants",
@@ -225,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{args.game}, {args.rounds} rounds x {args.steps} steps per model, "
         f"train_freq={args.train_freq}, n_envs={args.n_envs}, batch 32, "
-        f"torch threads={args.threads}"
+        f"torch threads={args.threads}, envs: {args.env_backend}"
     )
     dqn = steps["DQN"] / seconds["DQN"]
     dqn_cpu = steps["DQN"] / cpu_seconds["DQN"]

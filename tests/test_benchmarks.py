@@ -34,11 +34,14 @@ def number_after(label: str, text: str) -> float:
     return float(match.group(1))
 
 
-def test_bench_train_prints_ratio_and_forward_cost() -> None:
+@pytest.mark.parametrize("backend", ["gymnasium", "ale_vector"])
+def test_bench_train_prints_ratio_and_forward_cost(backend: str) -> None:
     out = run_bench(
         "bench_train", "--rounds", "1", "--steps", "40", "--learning-starts", "100",
-        "--buffer-size", "400", "--update-reps", "2",
+        "--buffer-size", "400", "--update-reps", "2", "--env-backend", backend,
+        *(["--variants", "DoubleDQN"] if backend == "ale_vector" else []),
     )  # fmt: skip
+    assert f"envs: {backend}" in out
     ratio = number_after("ratio DoubleDQN/DQN =", out)
     assert 0.0 < ratio < 10.0
     forward = number_after("one no-grad batch-32 forward", out)
