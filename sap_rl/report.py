@@ -31,6 +31,7 @@ from typing import Any
 
 from sap_rl.errors import UserError
 from sap_rl.io import atomic_path, atomic_write_json, atomic_write_text
+from sap_rl.sanity import Check, checks_markdown
 from sap_rl.stats import PairedDifference
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "plot_metric",
     "plot_metrics",
     "plot_relative_reward",
+    "read_checks",
     "read_differences",
     "read_summary",
     "read_summary_csv",
@@ -196,19 +198,44 @@ def read_differences(folder: str | os.PathLike[str]) -> tuple[list[PairedDiffere
     return diffs, "chance_accuracy" in meta
 
 
+def _summary_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``folder/summary.json`` as a dict (``{}`` if there is none)."""
+    path = Path(folder) / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable summary ({err})") from None
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_checks(folder: str | os.PathLike[str]) -> list[Check]:
+    """The gradient-masking flags in ``folder/summary.json`` (:mod:`sap_rl.sanity`).
+
+    A summary written before the checks existed has none: ``[]``.
+
+    Raises:
+        UserError: an unreadable ``summary.json`` or ``checks`` entry.
+    """
+    try:
+        return [Check.from_dict(c) for c in _summary_meta(folder).get("checks") or []]
+    except (TypeError, KeyError, ValueError) as err:
+        raise UserError(f"{Path(folder) / 'summary.json'}: unreadable checks ({err})") from None
+
+
 def folder_markdown(folder: str | os.PathLike[str]) -> str:
     """:func:`markdown_table` of an evaluation folder (``sap-rl report --markdown DIR``).
 
     Game scores get no decimals, accuracies (a ``sap-rl vision evaluate`` folder, whose
-    ``summary.json`` has ``chance_accuracy``) three.
+    ``summary.json`` has ``chance_accuracy``) three. The folder's gradient-masking flags, if it
+    has any, follow the table (:func:`sap_rl.sanity.checks_markdown`).
     """
     rows = read_summary(folder)
-    path = Path(folder) / "summary.json"
-    try:
-        vision = path.is_file() and "chance_accuracy" in json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: unreadable summary ({err})") from None
-    return markdown_table(rows, digits=3 if vision else 0)
+    vision = "chance_accuracy" in _summary_meta(folder)
+    table = markdown_table(rows, digits=3 if vision else 0)
+    flags = checks_markdown(read_checks(folder))
+    return f"{table}\n\n{flags}" if flags else table
 
 
 def read_summary_csv(path: str | os.PathLike[str]) -> list[SummaryRow]:

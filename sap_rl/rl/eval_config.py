@@ -21,6 +21,7 @@ from sap_rl.grid.executors import BACKENDS, Backend
 from sap_rl.rl.envs import EnvBackend, check_env_backend
 from sap_rl.rl.games import resolve_game
 from sap_rl.rl.perturb import PERTURB_MODES, check_eps, check_timed
+from sap_rl.sanity import DEFAULT_LARGE_EPS, check_large_eps
 
 __all__ = ["AtariEvalConfig", "Cell", "plan_cells"]
 
@@ -55,6 +56,9 @@ class AtariEvalConfig:
         timed_budget: ``timed-<attack>`` attacks at most this fraction of a game's steps so far,
             in (0, 1] (1: every step above the threshold).
         epsilon: probability of a uniformly random action (0: greedy).
+        large_eps: budgets from which every attack must bring the reward down to about the
+            random policy's; a row that stays above it is flagged (:mod:`sap_rl.sanity`). Only
+            read when the summary is made, never part of the fingerprint; ``.inf`` turns it off.
         max_steps: cap each game at about this many agent steps (``None``: 27,000).
         random_episodes: games of the uniform random policy, if the card has no random score.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
@@ -86,6 +90,7 @@ class AtariEvalConfig:
     timed_threshold: float = 0.0
     timed_budget: float = 1.0
     epsilon: float = 0.0
+    large_eps: float = DEFAULT_LARGE_EPS
     max_steps: int | None = None
     random_episodes: int = 10
     device: str = "auto"
@@ -115,6 +120,7 @@ class AtariEvalConfig:
                 raise UserError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"seed must be an integer >= 0, got {self.seed!r}")
+        self.large_eps = check_large_eps(self.large_eps, "large-eps")
         if not 0.0 <= self.epsilon <= 1.0:
             raise UserError(f"epsilon must be in [0, 1], got {self.epsilon}")
         if self.backend not in BACKENDS:

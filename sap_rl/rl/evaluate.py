@@ -81,6 +81,7 @@ from sap_rl.rl.evaluate_cells import (
 )
 from sap_rl.rl.games import Game, resolve_game
 from sap_rl.rl.play import GameRecord, play_matched_games, random_policy
+from sap_rl.sanity import sanity_checks
 from sap_rl.stats import paired_differences, with_worst
 
 __all__ = ["EvalResult", "evaluate"]
@@ -185,6 +186,11 @@ def evaluate(
         meta = _meta(config, card, folder, game, done, random_score, random_source, baseline)
         differences = paired_differences(records, seed=config.seed)
         meta["paired_differences"] = [asdict(d) for d in differences]
+        # Gradient-masking flags: reward above the random policy's at a large budget, a transfer
+        # or gradient-free attack beating the white-box ones (paired over the same games).
+        checks = sanity_checks(rows, records, floor=random_score, large_eps=config.large_eps,
+                               floor_name="the random policy", seed=config.seed)  # fmt: skip
+        meta["checks"] = [asdict(c) for c in checks]
         # Per attacked cell: the fraction of steps attacked (timed attacks) and of steps whose
         # action the attack changed; cells of older versions have no counts and are left out.
         rates = {name: r for name in done if (r := files.rates(name)) is not None}

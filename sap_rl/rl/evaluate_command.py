@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any
 
 from sap_rl.attacks.names import ATTACK_NAMES_HELP
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from sap_rl.config import from_dict, load_config
     from sap_rl.rl.eval_config import AtariEvalConfig
     from sap_rl.rl.evaluate import evaluate
+    from sap_rl.sanity import warning_lines
 
     overrides = overrides_from_args(args)
     if args.config:
@@ -152,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
     if result.cells_missing:
         print(f"time limit reached: {len(result.cells_missing)} cells not played; "
               "rerun the same command to play them")  # fmt: skip
+    for line in warning_lines(result.meta.get("checks", [])):  # gradient-masking flags, last
+        print(line, file=sys.stderr)
     return 0
 
 

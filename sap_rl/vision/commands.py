@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,8 @@ _EVAL_FLAGS = {
 
 def _evaluate(args: argparse.Namespace) -> int:
     from sap_rl.config import from_dict, load_yaml
+    from sap_rl.report import read_checks
+    from sap_rl.sanity import warning_lines
     from sap_rl.vision.evaluate import VisionEvalConfig, evaluate
 
     _set_threads(args.threads)
@@ -341,4 +344,6 @@ def _evaluate(args: argparse.Namespace) -> int:
                 f"accuracy={row.mean:.4f}"
             )
     print(f"wrote {out}/summary.csv ({time.perf_counter() - started:.0f} s)")
+    for line in warning_lines(read_checks(out)):  # gradient-masking flags, last
+        print(line, file=sys.stderr)
     return 0

@@ -61,6 +61,7 @@ from sap_rl.grid.store import cell_path
 from sap_rl.io import check_out_dir, load_tensors, save_tensors
 from sap_rl.lock import output_lock
 from sap_rl.report import SummaryRow, plot_accuracy, summarize, write_csv, write_summary
+from sap_rl.sanity import DEFAULT_LARGE_EPS, check_large_eps, sanity_checks
 from sap_rl.sap import mc_average
 from sap_rl.stats import paired_differences, with_worst
 from sap_rl.vision.calibration import ReliabilityBins, plot_reliability, reliability_bins
@@ -103,6 +104,9 @@ class VisionEvalConfig:
         seed: seeds every random draw (defense randomness, PGD starts); each cell has its own
             seed derived from it, so cells do not depend on the order they run in.
         bins: confidence bins of the calibration error and reliability diagram.
+        large_eps: budgets from which every attack must bring accuracy down to about chance;
+            a row that stays above it is flagged (:mod:`sap_rl.sanity`). Only read when the
+            summary is made, never part of the fingerprint; ``.inf`` turns it off.
         reliability_eps: attacked budget drawn in ``reliability.png`` beside the clean curve
             (``null``: 8 if measured, else the largest eps).
         backend: where cells run: ``local`` or ``ray`` (:mod:`sap_rl.grid`); only the speed.
@@ -123,6 +127,7 @@ class VisionEvalConfig:
     seed: int = 0
     bins: int = 15
     reliability_eps: float | None = None
+    large_eps: float = DEFAULT_LARGE_EPS
     backend: Backend = "local"
     workers: int | None = None
 
@@ -152,6 +157,7 @@ class VisionEvalConfig:
                     f"attack {name!r}: timed attacks choose agent steps; they are for sap-rl "
                     "evaluate only"
                 )
+        self.large_eps = check_large_eps(self.large_eps)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.workers is not None and self.workers < 1:
@@ -307,6 +313,10 @@ def evaluate(
         baseline = dense_clean.accuracy if dense_clean is not None else card.clean_accuracy
         rows = summarize(records, random_score=chance, baseline_score=baseline)
         differences = paired_differences(records, seed=config.seed)
+        # Gradient-masking flags: accuracy above chance at a large budget, a transfer or
+        # gradient-free attack beating the white-box ones (paired over the same images).
+        checks = sanity_checks(rows, records, floor=chance, large_eps=config.large_eps,
+                               floor_name="chance", seed=config.seed)  # fmt: skip
 
         meta = {
             "model": {
@@ -324,6 +334,7 @@ def evaluate(
             "dense_clean_accuracy": baseline,
             "calibration": calibration,
             "paired_differences": [asdict(d) for d in differences],
+            "checks": [asdict(c) for c in checks],
             "wall_seconds": round(time.perf_counter() - started, 2),
             "cells": {"computed": len(results) - reused, "reused_from_earlier_run": reused},
             "device": str(dev),

@@ -181,3 +181,21 @@ def test_real_process_exit_code_and_stderr(agent_dir: Path, tmp_path: Path) -> N
         "sap-50), sap-<k>-fast, dropout-<p>, noise-<sigma>"
     ]
     assert proc.stdout == ""
+
+
+def test_gradient_masking_checks_are_stored_and_each_is_a_warning_line(
+    agent_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # large_eps at 1 makes the eps 2 row subject to the large-budget check; whether this untrained
+    # agent's row is flagged depends on its games: each stored flag must be one stderr line.
+    config = tmp_path / "eval.yaml"
+    config.write_text("large_eps: 1\n")
+    out = tmp_path / "eval"
+    assert main([*_dense_args(agent_dir, out), "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    meta = json.loads((out / "summary.json").read_text())
+    assert meta["config"]["large_eps"] == 1.0 and isinstance(meta["checks"], list)
+    assert err.count("sap-rl: warning: ") == len(meta["checks"])
+    for check in meta["checks"]:
+        assert check["kind"] == "large-budget" and check["reference"] == 0.0
+        assert check["message"] in err

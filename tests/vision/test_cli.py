@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,42 @@ def test_bad_names_are_one_line(
     with pytest.raises(SystemExit) as exit_info:
         main(["vision", "evaluate", "--model", str(digits_model_dir), "--eps", "a,b"])
     assert exit_info.value.code == 2
+
+
+def _eval_args(model: Path, out: Path, *extra: str) -> list[str]:
+    return ["vision", "evaluate", "--model", str(model), "--out", str(out), "--defense", "dense",
+            "--examples", "40", "--batch-size", "40", "--device", "cpu", "--quiet",
+            *extra]  # fmt: skip
+
+
+def test_pgd_at_a_large_budget_raises_no_gradient_masking_flag(
+    digits_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every attack must bring accuracy to about chance from eps 64 (sap_rl.sanity): PGD does on
+    # the dense model, so nothing is flagged.
+    out = tmp_path / "eval"
+    assert main(_eval_args(digits_model_dir, out, "--eps", "0,64", "--attack", "pgd-10")) == 0
+    assert "warning" not in capsys.readouterr().err
+    meta = json.loads((out / "summary.json").read_text())
+    assert meta["checks"] == [] and meta["config"]["large_eps"] == 64
+    with open(out / "summary.csv", newline="") as handle:
+        attacked = [r for r in csv.DictReader(handle) if r["eps"] == "64.0"]
+    assert float(attacked[0]["mean"]) < 0.1 + 0.05
+
+
+def test_a_flag_is_printed_stored_and_reported(
+    digits_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With large_eps at 1 grey level, PGD-2 at eps 1 leaves the accuracy far above chance.
+    config = tmp_path / "eval.yaml"
+    config.write_text("large_eps: 1\n")
+    out = tmp_path / "eval"
+    args = _eval_args(digits_model_dir, out, "--config", str(config), "--eps", "0,1",
+                      "--attack", "pgd-2")  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    (check,) = json.loads((out / "summary.json").read_text())["checks"]
+    assert (check["kind"], check["attack"], check["eps"]) == ("large-budget", "pgd-2", 1.0)
+    assert f"sap-rl: warning: large-budget: {check['message']}" in err
+    assert main(["report", "--markdown", str(out)]) == 0
+    assert check["message"] in capsys.readouterr().out
