@@ -5,6 +5,7 @@ Modules:
     budget: parameter and FLOP costs, the hardware loss, initial rates (uniform, LAMP, ERK).
     objectives: PGD-AT, TRADES and MART losses (also used by ``sap-rl vision train``).
     harp: the pruning and fine-tuning loop, :func:`harp_prune`.
+    checkpoint: the checkpoint after each epoch that lets an interrupted run resume.
     export: masks in the weights file, counts of kept weights, parameters and FLOPs.
     cli: the flags ``sap-rl vision prune`` and ``sap-rl prune`` share.
 
@@ -39,6 +40,7 @@ _EXPORTS = {
     "EpochLog": "harp",
     "HarpConfig": "harp",
     "HarpResult": "harp",
+    "HarpStopped": "harp",
     "harp_prune": "harp",
     "MaskedLayer": "masking",
     "TopKMask": "masking",
@@ -63,6 +65,7 @@ __all__ = [
     "EpochLog",
     "HarpConfig",
     "HarpResult",
+    "HarpStopped",
     "LayerCost",
     "MaskedLayer",
     "SparsityStats",
@@ -106,7 +109,7 @@ if TYPE_CHECKING:
         sparsity_stats,
         split_masks,
     )
-    from sap_rl.pruning.harp import EpochLog, HarpConfig, HarpResult, harp_prune
+    from sap_rl.pruning.harp import EpochLog, HarpConfig, HarpResult, HarpStopped, harp_prune
     from sap_rl.pruning.masking import (
         MaskedLayer,
         TopKMask,

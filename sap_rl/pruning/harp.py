@@ -37,15 +37,19 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from sap_rl.errors import UserError
+from sap_rl.io import load_optimizer
 from sap_rl.pruning.budget import (
     Hardware,
     LayerCost,
@@ -66,7 +70,10 @@ from sap_rl.pruning.masking import (
 )
 from sap_rl.pruning.objectives import adversarial_loss
 
-__all__ = ["Batches", "EpochLog", "HarpConfig", "HarpResult", "harp_prune"]
+if TYPE_CHECKING:
+    from sap_rl.pruning.checkpoint import HarpCheckpoint, Resumed
+
+__all__ = ["Batches", "EpochLog", "HarpConfig", "HarpResult", "HarpStopped", "harp_prune"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +240,19 @@ def _actual_cost(
     return total
 
 
+class HarpStopped(Exception):
+    """:func:`harp_prune` stopped early because ``stop()`` said so; its checkpoint continues it.
+
+    Attributes:
+        epochs_done: epochs finished and saved (pruning and fine-tuning together).
+        epochs: epochs of the whole run.
+    """
+
+    def __init__(self, epochs_done: int, epochs: int) -> None:
+        super().__init__(f"stopped after epoch {epochs_done} of {epochs}")
+        self.epochs_done, self.epochs = epochs_done, epochs
+
+
 def harp_prune(
     model: nn.Module,
     batches: Batches,
@@ -240,8 +260,17 @@ def harp_prune(
     *,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[EpochLog], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_key: dict[str, Any] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> HarpResult:
     """Prune a copy of ``model`` with HARP; the model passed in is not changed.
+
+    With ``checkpoint``, the complete state is saved there after every epoch
+    (:mod:`sap_rl.pruning.checkpoint`: safetensors and JSON), and a run that finds a checkpoint
+    there continues from it: on the CPU the result is bitwise that of an uninterrupted run, as
+    long as ``batches(epoch)`` depends only on ``epoch`` and on what ``checkpoint_key`` records.
+    The global torch RNG state is part of the checkpoint and is restored on resume.
 
     Args:
         model: a trained model mapping float pixel-unit input to logits (or Q-values).
@@ -249,12 +278,38 @@ def harp_prune(
             (0-based over pruning and fine-tuning epochs together); ``y`` are class indices.
         config: the settings.
         device: where to compute.
-        on_epoch: called after every epoch (progress, history files).
+        on_epoch: called after every epoch (progress, history files), before its checkpoint.
+        checkpoint: folder of the run's checkpoint (none: no checkpoints).
+        checkpoint_key: JSON settings ``batches`` depends on (batch size, data); a checkpoint
+            saved with other ones, other ``config`` or another ``model`` is refused.
+        stop: asked after each saved epoch; ``True`` ends the run with :class:`HarpStopped`
+            (a time limit). Never asked after the last epoch.
 
     Raises:
-        UserError: the model has no prunable layers (after ``config.exclude``).
+        UserError: the model has no prunable layers (after ``config.exclude``), or the
+            checkpoint is damaged or of another run.
+        HarpStopped: ``stop()`` returned ``True``.
+
+    Example:
+        >>> import tempfile
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> data = lambda epoch: [(torch.rand(8, 1, 2, 2) * 255, torch.zeros(8).long())]
+        >>> cfg = HarpConfig(sparsity=0.5, prune_epochs=1, finetune_epochs=1, steps=1)
+        >>> folder = tempfile.mkdtemp()
+        >>> harp_prune(net, data, cfg, checkpoint=folder, stop=lambda: True)
+        Traceback (most recent call last):
+        ...
+        sap_rl.pruning.harp.HarpStopped: stopped after epoch 1 of 2
+        >>> len(harp_prune(net, data, cfg, checkpoint=folder).history)  # resumed: epoch 2 only
+        2
     """
+    from sap_rl.pruning.checkpoint import HarpCheckpoint, model_fingerprint, restore_rng
+
     dev = torch.device(device)
+    saver = None
+    if checkpoint is not None:
+        saver = HarpCheckpoint(checkpoint, config, model_fingerprint(model), checkpoint_key)
+    resumed = saver.load() if saver is not None else None
     model = copy.deepcopy(model).to(dev)
     layers = prunable_layers(model, config.exclude)
     example = _first_batch(batches)[0].to(dev)
@@ -267,6 +322,22 @@ def harp_prune(
     wrappers = masked_layers(model)
     target = config.density * sum(c.cost(config.hardware) for c in costs.values())
     history: list[EpochLog] = []
+    total = config.prune_epochs + config.finetune_epochs
+    done, gamma = 0, config.gamma
+    counts: dict[str, int] | None = None
+    if resumed is not None:
+        done, gamma, counts = resumed.epochs_done, resumed.gamma, resumed.counts
+        history = _restore(model, wrappers, resumed, saver, total)
+        restore_rng(resumed.tensors)
+        logger.info("resuming HARP after epoch %d of %d from %s", done, total, checkpoint)
+
+    def finish(epochs_done: int, optimizer: torch.optim.Optimizer) -> None:
+        if saver is not None:
+            modes: dict[str, str] = {name: w.mode for name, w in wrappers.items()}
+            saver.save(epochs_done=epochs_done, gamma=gamma, model=model, optimizer=optimizer,
+                       modes=modes, counts=counts, history=history)  # fmt: skip
+        if stop is not None and epochs_done < total and stop():
+            raise HarpStopped(epochs_done, total)
 
     def record(log: EpochLog) -> None:
         history.append(log)
@@ -275,47 +346,53 @@ def harp_prune(
             on_epoch(log)
 
     # 2. Prune: scores and rates (and batch norm) learn over frozen weights.
-    scores = [w.scores for w in wrappers.values()]
-    rate_scores = [w.rate_score for w in wrappers.values()]
-    learned = {id(p) for p in [*scores, *rate_scores]}
-    others = [p for p in model.parameters() if p.requires_grad and id(p) not in learned]
-    optimizer = _optimizer(
-        config,
-        [
-            {"params": scores + others, "weight_decay": config.weight_decay},
-            {"params": rate_scores, "weight_decay": 0.0},
-        ],
-        config.lr,
-    )
-    gamma = config.gamma
-    for epoch in range(config.prune_epochs):
-        lr = _cosine(config.lr, epoch, config.prune_epochs)
-        start = time.perf_counter()
+    if done < config.prune_epochs:
+        scores = [w.scores for w in wrappers.values()]
+        rate_scores = [w.rate_score for w in wrappers.values()]
+        learned = {id(p) for p in [*scores, *rate_scores]}
+        others = [p for p in model.parameters() if p.requires_grad and id(p) not in learned]
+        optimizer = _optimizer(
+            config,
+            [
+                {"params": scores + others, "weight_decay": config.weight_decay},
+                {"params": rate_scores, "weight_decay": 0.0},
+            ],
+            config.lr,
+        )
+        if resumed is not None:
+            load_optimizer(resumed.optimizer, optimizer)
+        for epoch in range(done, config.prune_epochs):
+            lr = _cosine(config.lr, epoch, config.prune_epochs)
+            start = time.perf_counter()
 
-        def extra(gamma: float = gamma) -> torch.Tensor:
-            return hardware_loss(_kept_cost(wrappers, costs, config.hardware).to(dev), target,
-                                 gamma)  # fmt: skip
+            def extra(gamma: float = gamma) -> torch.Tensor:
+                return hardware_loss(_kept_cost(wrappers, costs, config.hardware).to(dev), target,
+                                     gamma)  # fmt: skip
 
-        loss, acc = _epoch(model, optimizer, batches(epoch), config, lr, dev,
-                           _generator(config.seed, 0, epoch), extra)  # fmt: skip
-        kept = _actual_cost(wrappers, costs, config.hardware) / target * config.density
-        record(EpochLog("prune", epoch + 1, lr, loss, acc, kept, gamma,
-                        time.perf_counter() - start))  # fmt: skip
-        if kept > config.density:
-            gamma *= config.gamma_growth
+            loss, acc = _epoch(model, optimizer, batches(epoch), config, lr, dev,
+                               _generator(config.seed, 0, epoch), extra)  # fmt: skip
+            kept = _actual_cost(wrappers, costs, config.hardware) / target * config.density
+            record(EpochLog("prune", epoch + 1, lr, loss, acc, kept, gamma,
+                            time.perf_counter() - start))  # fmt: skip
+            if kept > config.density:
+                gamma *= config.gamma_growth
+            finish(epoch + 1, optimizer)
 
-    # 3. Fix the masks within the target.
-    learned_rates = {name: float(w.rate().detach()) for name, w in wrappers.items()}
-    counts = fit_counts(learned_rates, costs, target=target, hardware=config.hardware,
-                        k_min=k_min)  # fmt: skip
-    for name, w in wrappers.items():
-        w.fix(counts[name])
+    # 3. Fix the masks within the target (a run resumed while fine-tuning has them fixed).
+    if counts is None:
+        learned_rates = {name: float(w.rate().detach()) for name, w in wrappers.items()}
+        counts = fit_counts(learned_rates, costs, target=target, hardware=config.hardware,
+                            k_min=k_min)  # fmt: skip
+        for name, w in wrappers.items():
+            w.fix(counts[name])
 
     # 4. Fine-tune the kept weights.
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(config, [{"params": params, "weight_decay": config.weight_decay}],
                            config.finetune_lr)  # fmt: skip
-    for epoch in range(config.finetune_epochs):
+    if resumed is not None and done > config.prune_epochs:
+        load_optimizer(resumed.optimizer, optimizer)
+    for epoch in range(max(0, done - config.prune_epochs), config.finetune_epochs):
         lr = _cosine(config.finetune_lr, epoch, config.finetune_epochs)
         start = time.perf_counter()
         loss, acc = _epoch(model, optimizer, batches(config.prune_epochs + epoch), config, lr,
@@ -323,12 +400,42 @@ def harp_prune(
         record(EpochLog("finetune", epoch + 1, lr, loss, acc,
                         _actual_cost(wrappers, costs, config.hardware) / target * config.density,
                         gamma, time.perf_counter() - start))  # fmt: skip
+        finish(config.prune_epochs + epoch + 1, optimizer)
 
     # 5. Export.
     masks = unwrap_model(model)
     model = model.cpu().eval()
     stats = sparsity_stats(model, example.cpu())
     return HarpResult(model, masks, stats, dense_stats, history)
+
+
+def _restore(
+    model: nn.Module,
+    wrappers: dict[str, MaskedLayer],
+    resumed: Resumed,
+    saver: HarpCheckpoint | None,
+    total: int,
+) -> list[EpochLog]:
+    """Load a checkpoint's tensors and layer modes into the freshly wrapped ``model``."""
+    folder = saver.folder if saver is not None else Path(".")
+    fix = f"delete {folder} to start over"
+    if resumed.epochs_done > total:
+        raise UserError(f"{folder}: the checkpoint has more epochs than the run; {fix}")
+    tensors = {k: v for k, v in resumed.tensors.items() if not k.startswith("rng/")}
+    try:
+        model.load_state_dict(tensors, strict=True)
+        if set(resumed.modes) != set(wrappers):
+            raise ValueError("the checkpoint's layers are not the model's")
+        for name, wrapper in wrappers.items():
+            mode = resumed.modes[name]
+            if mode not in ("learn", "fixed"):
+                raise ValueError(f"layer {name}: mode {mode!r}")
+            wrapper.set_mode(mode)  # type: ignore[arg-type]
+        return [EpochLog(**row) for row in resumed.history]
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise UserError(
+            f"{folder}: the checkpoint does not fit this model ({str(err).splitlines()[0]}); {fix}"
+        ) from None
 
 
 def _optimizer(
@@ -371,8 +478,6 @@ def _epoch(
         total.backward()
         optimizer.step()
         if not torch.isfinite(total):
-            from sap_rl.errors import UserError
-
             raise UserError(f"HARP diverged (loss {total.item()}); lower the learning rate")
         loss_sum += float(loss.detach()) * yb.shape[0]
         correct += int((logits.argmax(dim=1) == yb).sum())

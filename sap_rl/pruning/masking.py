@@ -192,11 +192,28 @@ class MaskedLayer(nn.Module):
         if count is None:
             count = kept_count(float(self.rate().detach()), self.numel)
         self.fixed_mask.copy_(topk_mask(self.scores.detach().abs(), count))
-        self.mode = "fixed"
-        self.scores.requires_grad_(False)
-        self.rate_score.requires_grad_(False)
+        self.set_mode("fixed")
+
+    def set_mode(self, mode: MaskMode) -> None:
+        """Switch to ``mode`` and set which tensors learn, keeping ``fixed_mask`` as it is.
+
+        A resumed HARP run loads ``fixed_mask`` from its checkpoint and calls this instead of
+        :meth:`fix`, so the mask is the saved one rather than recomputed from the scores.
+
+        Example:
+            >>> layer = MaskedLayer(nn.Linear(4, 2), 0.5, k_min=0.1)
+            >>> layer.set_mode("fixed")
+            >>> layer.scores.requires_grad, layer.layer.weight.requires_grad
+            (False, True)
+        """
+        if mode not in ("learn", "fixed"):
+            raise ValueError(f"mode must be learn or fixed, got {mode!r}")
+        self.mode = mode
+        learn = mode == "learn"
+        self.scores.requires_grad_(learn)
+        self.rate_score.requires_grad_(learn)
         for param in self.layer.parameters():
-            param.requires_grad_(True)
+            param.requires_grad_(not learn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = weight_of(self.layer) * self.mask()
