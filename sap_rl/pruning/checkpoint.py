@@ -52,6 +52,7 @@ __all__ = [
     "model_fingerprint",
     "remove_checkpoint",
     "saved_epochs",
+    "saved_history",
 ]
 
 logger = logging.getLogger(__name__)
@@ -298,7 +299,9 @@ def _read_state(path: Path) -> dict[str, Any]:
 def _epochs_done(state: dict[str, Any], path: Path) -> int:
     value = state.get("epochs_done")
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise UserError(f"{path}: corrupted checkpoint state; delete {path.parent} to start over")
+        raise UserError(
+            f"{path}: corrupted checkpoint state; delete {path.parent} to start over"
+        ) from None
     return value
 
 
@@ -314,3 +317,26 @@ def _differences(saved: Any, current: dict[str, Any]) -> list[str]:
         elif there != now:
             diffs.append(f"{name}: {there!r} there, {now!r} now")
     return diffs
+
+
+def saved_history(folder: str | os.PathLike[str]) -> list[EpochLog]:
+    """The epochs a checkpoint folder has finished (empty without a checkpoint).
+
+    Raises:
+        UserError: ``state.json`` is damaged.
+
+    Example:
+        >>> saved_history("/nonexistent/checkpoint")
+        []
+    """
+    from sap_rl.pruning.harp import EpochLog
+
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        return []
+    try:
+        return [EpochLog(**row) for row in _read_state(path)["history"]]
+    except (KeyError, TypeError):
+        raise UserError(
+            f"{path}: corrupted checkpoint state; delete {path.parent} to start over"
+        ) from None

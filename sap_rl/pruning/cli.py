@@ -1,4 +1,5 @@
-"""Command-line flags shared by ``sap-rl vision prune`` and ``sap-rl prune`` (no torch import).
+"""Command-line flags and the resume/time-limit/signal handling shared by ``sap-rl vision prune``
+and ``sap-rl prune`` (no torch import).
 
 Example:
     >>> import argparse
@@ -11,11 +12,30 @@ Example:
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
-from sap_rl.cli_args import non_negative_int, positive_int
+from sap_rl.cli_args import non_negative_int, positive_float, positive_int
+from sap_rl.errors import UserError
 
-__all__ = ["add_harp_arguments", "harp_overrides", "sparsity_arg"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "add_harp_arguments",
+    "add_resume_arguments",
+    "check_resume",
+    "harp_overrides",
+    "run_stoppable",
+    "sigterm_as_interrupt",
+    "sparsity_arg",
+    "stopped_message",
+    "time_limit",
+]
 
 _OBJECTIVES = ("pgd", "trades", "mart")
 _STRATEGIES = ("uniform", "lamp", "erk")
@@ -85,3 +105,140 @@ _FLAGS = ("sparsity", "objective", "strategy", "hardware", "prune_epochs", "fine
 def harp_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The HARP settings given on the command line (flags left out are not in the dict)."""
     return {flag: getattr(args, flag) for flag in _FLAGS if getattr(args, flag, None) is not None}
+
+
+# --------------------------------------------------------------------- resume, time limit, signals
+
+#: Subfolder of ``--out`` holding a HARP run's checkpoint (:mod:`sap_rl.pruning.checkpoint`).
+CHECKPOINT_DIR = "checkpoint"
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--resume`` and ``--time-limit MINUTES`` (both prune commands)."""
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint (after its last finished epoch); "
+        "pass the same settings as the interrupted run",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=positive_float,
+        metavar="MINUTES",
+        help="stop after the epoch in progress once MINUTES of wall-clock time have passed "
+        "(the checkpoint keeps the finished epochs); --resume continues it",
+    )
+
+
+def check_resume(out: Path, resume: bool) -> int:
+    """Epochs the checkpoint in ``out`` has finished (0 for a new run), as ``--resume`` allows.
+
+    Call it under the output folder's lock, before the first write.
+
+    Raises:
+        UserError: ``out`` holds a checkpoint but ``resume`` is false (nothing is overwritten),
+            ``resume`` without a checkpoint, or a damaged ``state.json``.
+
+    Example:
+        >>> check_resume(Path("/nonexistent/run"), resume=False)
+        0
+    """
+    from sap_rl.pruning.checkpoint import saved_epochs
+
+    folder = out / CHECKPOINT_DIR
+    done = saved_epochs(folder)
+    if done is not None and not resume:
+        raise UserError(
+            f"{out} holds the checkpoint of an unfinished run (after epoch {done}); pass --resume "
+            "to continue it, or choose another --out"
+        )
+    if resume and done is None:
+        raise UserError(f"--resume: no checkpoint in {folder} (a finished run removes it)")
+    return done or 0
+
+
+def time_limit(minutes: float | None) -> Callable[[], bool] | None:
+    """``stop()`` for :func:`~sap_rl.pruning.harp.harp_prune`: true once ``minutes`` have passed.
+
+    Example:
+        >>> time_limit(None) is None, time_limit(60.0)()
+        (True, False)
+    """
+    if not minutes:
+        return None
+    deadline = time.monotonic() + 60.0 * minutes
+    return lambda: time.monotonic() >= deadline
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`KeyboardInterrupt` inside the block, as Ctrl-C.
+
+    A killed run then ends like an interrupted one: the checkpoint of its last finished epoch
+    stays (it is written after every epoch, atomically) and ``--resume`` continues it.
+
+    Example:
+        >>> with sigterm_as_interrupt():
+        ...     pass
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stopped_message(out: Path, epochs_done: int, epochs: int, reason: str) -> str:
+    """The line a stopped prune command prints: where it stopped and how to continue.
+
+    Example:
+        >>> stopped_message(Path("runs/p"), 3, 20, "time limit reached")
+        'runs/p: time limit reached after epoch 3 of 20; the checkpoint in runs/p/checkpoint keeps it: rerun the same command with --resume to continue'
+    """  # noqa: E501
+    return (
+        f"{out}: {reason} after epoch {epochs_done} of {epochs}; the checkpoint in "
+        f"{out / CHECKPOINT_DIR} keeps it: rerun the same command with --resume to continue"
+    )
+
+
+T = TypeVar("T")
+
+
+def run_stoppable(out: Path, run: Callable[[], T]) -> T:
+    """``run()``; on Ctrl-C or SIGTERM first say on stderr what the checkpoint kept, then re-raise.
+
+    Example:
+        >>> run_stoppable(Path("runs/p"), lambda: 3)
+        3
+    """
+    try:
+        return run()
+    except KeyboardInterrupt:
+        from sap_rl.pruning.checkpoint import saved_epochs
+
+        try:
+            done = saved_epochs(out / CHECKPOINT_DIR)
+        except UserError:
+            done = None
+        if done:
+            print(stopped_message(out, done, _total(out), "interrupted"), file=sys.stderr)
+        raise
+
+
+def _total(out: Path) -> int:
+    """Epochs of the run whose checkpoint is in ``out`` (from its saved settings)."""
+    import json
+
+    try:
+        state = json.loads((out / CHECKPOINT_DIR / "state.json").read_text(encoding="utf-8"))
+        harp = state["settings"]["harp"]
+        return int(harp["prune_epochs"]) + int(harp["finetune_epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0

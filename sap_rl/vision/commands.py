@@ -171,7 +171,7 @@ def _truncate(schedule: list[dict[str, Any]], epochs: int) -> list[dict[str, Any
 
 
 def _add_prune(sub: Any) -> None:
-    from sap_rl.pruning.cli import add_harp_arguments
+    from sap_rl.pruning.cli import add_harp_arguments, add_resume_arguments
 
     p = sub.add_parser(
         "prune",
@@ -193,12 +193,14 @@ def _add_prune(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_resume_arguments(p)
     p.set_defaults(func=_prune)
 
 
 def _prune(args: argparse.Namespace) -> int:
     from sap_rl.config import from_dict, load_yaml, to_dict
-    from sap_rl.pruning.cli import harp_overrides
+    from sap_rl.pruning import HarpStopped
+    from sap_rl.pruning.cli import harp_overrides, run_stoppable, stopped_message, time_limit
     from sap_rl.vision.models import load_model
     from sap_rl.vision.prune import PruneConfig, default_prune_config, prune
 
@@ -216,8 +218,13 @@ def _prune(args: argparse.Namespace) -> int:
     name = f"{args.model.resolve().name}-harp-{config.harp.sparsity:g}"
     out = args.out or Path("runs/vision") / name
     started = time.perf_counter()
-    card = prune(args.model, config, out, data_root=args.data_root, device=args.device,
-                 quiet=args.quiet)  # fmt: skip
+    try:
+        card = run_stoppable(out, lambda: prune(
+            args.model, config, out, data_root=args.data_root, device=args.device,
+            quiet=args.quiet, resume=args.resume, stop=time_limit(args.time_limit)))  # fmt: skip
+    except HarpStopped as stopped:
+        print(stopped_message(out, stopped.epochs_done, stopped.epochs, "time limit reached"))
+        return 0
     info = card.pruning
     print(
         f"{out}: {card.architecture} pruned to sparsity {info['achieved_sparsity']:.4f} "

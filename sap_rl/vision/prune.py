@@ -9,6 +9,10 @@ folder: ``model.safetensors`` (pruned weights are zeros; the masks are stored be
 and parameters, FLOPs and per-layer keep rates. ``sap-rl vision evaluate`` reads it like any
 model, so ``--defense sap-100`` on it is SAP on a HARP-pruned network.
 
+After every epoch the run's checkpoint goes to ``checkpoint/`` in the output folder; ``resume``
+(``--resume``) continues an interrupted run from it, bitwise as if it had never stopped, and it
+is deleted once the pruned model is written.
+
 Example:
     >>> import tempfile
     >>> from sap_rl.vision.models import build_model, save_model
@@ -32,7 +36,7 @@ import datetime
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +50,8 @@ from sap_rl.errors import UserError
 from sap_rl.io import check_out_dir
 from sap_rl.lock import output_lock
 from sap_rl.pruning import EpochLog, HarpConfig, harp_prune, prunable_layers
+from sap_rl.pruning.checkpoint import remove_checkpoint, saved_history
+from sap_rl.pruning.cli import CHECKPOINT_DIR, check_resume, sigterm_as_interrupt
 from sap_rl.vision.data import augment, iterate_batches, load_dataset
 from sap_rl.vision.models import ModelCard, load_model, save_model
 from sap_rl.vision.train import accuracy, seed_for
@@ -143,14 +149,33 @@ def prune(
     data_root: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     quiet: bool = False,
+    resume: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> ModelCard:
     """Prune the model in ``model_dir`` as ``config`` says into the model folder ``out_dir``.
+
+    After every epoch the run's checkpoint is saved in ``out_dir/checkpoint/``
+    (:mod:`sap_rl.pruning.checkpoint`); with ``resume`` the run continues from it and ends with
+    bitwise the model an uninterrupted run gives. It is removed once the model folder is written.
+
+    Args:
+        model_dir: the model folder to prune.
+        config: the settings.
+        out_dir: the pruned model folder.
+        data_root: folder of the CIFAR-10 files.
+        device: where to compute.
+        quiet: no progress lines.
+        resume: continue the checkpoint in ``out_dir`` (required if it has one).
+        stop: asked after each epoch; ``True`` stops the run with
+            :class:`~sap_rl.pruning.HarpStopped`, the checkpoint kept (a time limit).
 
     Raises:
         UserError: a bad model folder, a model of another data set or architecture than the
             config's, missing data, no prunable layer left after ``harp.exclude``, a missing
-            device, or another run writing into ``out_dir``. All but the last are found before
+            device, another run writing into ``out_dir``, a checkpoint there without ``resume``
+            (or ``resume`` without one), or a checkpoint of other settings. All are found before
             anything is written.
+        HarpStopped: ``stop()`` returned ``True``.
     """
     out = check_out_dir(out_dir)
     model, card = load_model(model_dir)
@@ -165,8 +190,10 @@ def prune(
     dev = resolve_device(device)
     data = load_dataset(config.dataset, data_root)
     with output_lock(out):
+        check_resume(out, resume)
+        checkpoint = out / CHECKPOINT_DIR
         save_config(config, out / "config.yaml")
-        history: list[EpochLog] = []
+        history: list[EpochLog] = saved_history(checkpoint)
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             generator = torch.Generator().manual_seed(seed_for(config.harp.seed, "prune", epoch))
@@ -184,7 +211,12 @@ def prune(
                 print(f"{log.phase} {log.epoch}: loss {log.loss:.3f}, train accuracy "
                       f"{log.accuracy:.3f}, kept {log.kept:.4f}", file=sys.stderr)  # fmt: skip
 
-        result = harp_prune(model, batches, config.harp, device=dev, on_epoch=on_epoch)
+        # What the batches depend on besides HARP's settings: a checkpoint of other ones is refused.
+        key = {"data": {"dataset": config.dataset, "batch_size": config.batch_size,
+                        "augment": config.augment}}  # fmt: skip
+        with sigterm_as_interrupt():
+            result = harp_prune(model, batches, config.harp, device=dev, on_epoch=on_epoch,
+                                checkpoint=checkpoint, checkpoint_key=key, stop=stop)  # fmt: skip
         test_acc = accuracy(result.model, data.x_test, data.y_test,
                             batch_size=config.eval_batch_size)  # fmt: skip
         source = {
@@ -210,7 +242,9 @@ def prune(
                 "dense_parameters": result.dense_stats.parameters,
             },
         )
-        return save_model(result.model, out, pruned, masks=result.masks)
+        saved = save_model(result.model, out, pruned, masks=result.masks)
+        remove_checkpoint(checkpoint)  # the model folder is the result; the checkpoint is big
+        return saved
 
 
 def _write_history(out: Path, history: list[EpochLog]) -> None:
