@@ -251,11 +251,12 @@ class HarpCheckpoint:
         for file in (model_path, resumed.optimizer):
             if not file.is_file():
                 raise UserError(f"{file}: missing; the checkpoint is incomplete, {fix}")
-        resumed.tensors = load_tensors(
-            model_path,
-            hint=f"not loaded: checkpoints are trusted only as safetensors and JSON, never as "
-            f"pickles; {fix}",
-        )
+        hint = "not loaded: checkpoints are trusted only as safetensors and JSON, never as "
+        hint += f"pickles; {fix}"
+        resumed.tensors = load_tensors(model_path, hint=hint)
+        # Checked now even where the run will not need it (a checkpoint between the phases):
+        # a damaged file is an error whatever the epoch.
+        load_tensors(resumed.optimizer, hint=hint)
         return resumed
 
 

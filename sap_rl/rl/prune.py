@@ -20,6 +20,12 @@ states:
    and its kept parameters and FLOPs. Its ``clean_score`` is left unmeasured (0 games): measure it
    with ``sap-rl score DIR --write``.
 
+After every epoch the run's checkpoint goes to ``checkpoint/`` in the output folder; ``resume``
+(``--resume``) continues an interrupted run from it, bitwise as if it had never stopped. The
+frames are not in the checkpoint: they are collected again (seeded games, the same frames; their
+SHA-256 is part of the checkpoint's settings, so a run that would see other frames is refused).
+The checkpoint is deleted once the pruned agent is written.
+
 Example:
     >>> cfg = agent_prune_config({"frames": 64, "harp": {"sparsity": 0.8}})
     >>> cfg.harp.sparsity, cfg.harp.objective, cfg.harp.eps, cfg.frames
@@ -32,7 +38,7 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,8 @@ from sap_rl.config import deep_merge, from_dict, save_config, to_dict
 from sap_rl.io import check_out_dir
 from sap_rl.lock import output_lock
 from sap_rl.pruning import EpochLog, HarpConfig, harp_prune, prunable_layers
+from sap_rl.pruning.checkpoint import remove_checkpoint
+from sap_rl.pruning.cli import CHECKPOINT_DIR, check_resume, sigterm_as_interrupt
 
 __all__ = ["AgentPruneConfig", "agent_prune_config", "collect_frames", "prune_agent"]
 
@@ -202,12 +210,27 @@ def prune_agent(
     *,
     device: str = "cpu",
     quiet: bool = False,
+    resume: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> Any:
     """Prune the agent in ``agent_dir`` into the agent folder ``out_dir``; returns its card.
 
+    Args:
+        agent_dir: the agent folder to prune.
+        config: the settings.
+        out_dir: the pruned agent folder (and ``checkpoint/`` while the run lasts).
+        device: where to compute.
+        quiet: no progress lines.
+        resume: continue the checkpoint in ``out_dir`` (required if it has one).
+        stop: asked after each epoch; ``True`` stops the run with
+            :class:`~sap_rl.pruning.HarpStopped`, the checkpoint kept (a time limit).
+
     Raises:
         UserError: a bad agent folder, no prunable layer after ``harp.exclude``, a missing
-            device, or another run writing into ``out_dir`` (all before anything is written).
+            device, another run writing into ``out_dir``, a checkpoint there without ``resume``
+            (or ``resume`` without one), all before anything is written; a checkpoint of other
+            settings or other frames.
+        HarpStopped: ``stop()`` returned ``True``.
     """
     from sap_rl.devices import resolve_device
     from sap_rl.rl.agent import AgentCard, Score, load_agent, save_agent
@@ -222,6 +245,7 @@ def prune_agent(
                               {k: v for k, v in card.wrappers.items() if k in fields})  # fmt: skip
     harp = dataclasses.replace(config.harp, seed=config.seed)
     with output_lock(out):
+        check_resume(out, resume)
         save_config(config, out / "prune.yaml")
         frames = collect_frames(q_net, card.game, frames=config.frames, every=config.every,
                                 epsilon=config.epsilon, n_envs=config.n_envs, seed=config.seed,
@@ -242,8 +266,16 @@ def prune_agent(
                 print(f"{log.phase} {log.epoch}: loss {log.loss:.3f}, action agreement under "
                       f"PGD {log.accuracy:.3f}, kept {log.kept:.4f}", file=sys.stderr)  # fmt: skip
 
-        result = harp_prune(_sharpened(q_net, config.temperature), batches, harp, device=dev,
-                            on_epoch=on_epoch)  # fmt: skip
+        # What the batches depend on besides HARP's settings (the seed is harp.seed).
+        key = {"distillation": {"frames": config.frames, "every": config.every,
+                                "epsilon": config.epsilon, "n_envs": config.n_envs,
+                                "batch_size": config.batch_size, "holdout": config.holdout,
+                                "temperature": config.temperature,
+                                "frames_sha256": _sha256(frames)}}  # fmt: skip
+        with sigterm_as_interrupt():
+            result = harp_prune(_sharpened(q_net, config.temperature), batches, harp, device=dev,
+                                on_epoch=on_epoch, checkpoint=out / CHECKPOINT_DIR,
+                                checkpoint_key=key, stop=stop)  # fmt: skip
         result.model._forward_hooks.clear()  # the copy's temperature hook; Q-values stay Q-values
         clean, robust = _agreement(result.model, frames[n_train:], labels[n_train:], harp)
         pruning: dict[str, Any] = {
@@ -266,4 +298,13 @@ def prune_agent(
             random_score=card.random_score, seed=card.seed, evaluation=card.evaluation,
             pruning=pruning,
         )  # fmt: skip
-        return save_agent(out, result.model, pruned, masks=result.masks)
+        saved = save_agent(out, result.model, pruned, masks=result.masks)
+        remove_checkpoint(out / CHECKPOINT_DIR)  # the agent folder is the result
+        return saved
+
+
+def _sha256(frames: torch.Tensor) -> str:
+    """SHA-256 of the collected frames: a resumed run must train on the same ones."""
+    import hashlib
+
+    return hashlib.sha256(frames.contiguous().numpy().tobytes()).hexdigest()

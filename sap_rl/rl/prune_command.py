@@ -22,7 +22,7 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     """Add ``sap-rl prune`` to ``subparsers``."""
-    from sap_rl.pruning.cli import add_harp_arguments
+    from sap_rl.pruning.cli import add_harp_arguments, add_resume_arguments
 
     parser = subparsers.add_parser(
         "prune",
@@ -47,12 +47,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_resume_arguments(parser)
     parser.set_defaults(func=_prune)
 
 
 def _prune(args: argparse.Namespace) -> int:
     from sap_rl.config import load_yaml
-    from sap_rl.pruning.cli import harp_overrides
+    from sap_rl.pruning import HarpStopped
+    from sap_rl.pruning.cli import harp_overrides, run_stoppable, stopped_message, time_limit
     from sap_rl.rl.prune import agent_prune_config, prune_agent
 
     if args.threads is not None:
@@ -73,7 +75,13 @@ def _prune(args: argparse.Namespace) -> int:
     config = agent_prune_config(data)
     out = args.out or Path("runs") / f"{args.agent.resolve().name}-harp-{config.harp.sparsity:g}"
     started = time.perf_counter()
-    card = prune_agent(args.agent, config, out, device=args.device, quiet=args.quiet)
+    try:
+        card = run_stoppable(out, lambda: prune_agent(
+            args.agent, config, out, device=args.device, quiet=args.quiet, resume=args.resume,
+            stop=time_limit(args.time_limit)))  # fmt: skip
+    except HarpStopped as stopped:
+        print(stopped_message(out, stopped.epochs_done, stopped.epochs, "time limit reached"))
+        return 0
     info = card.pruning
     agree = info["distillation"]
     print(
