@@ -87,3 +87,30 @@ def test_resume_without_a_checkpoint_is_one_line(
     assert _prune(digits_model_dir, tmp_path / "new", "--resume") == 2
     err = capsys.readouterr().err
     assert "no checkpoint" in err and err.count("\n") == 1
+
+
+def test_sigterm_keeps_the_last_finished_epoch(digits_model_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sap_rl.cli", "vision", "prune", "--model", str(digits_model_dir),
+         "--out", str(out), *QUICK, "--finetune-epochs", "500", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    state = out / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted after epoch" in err and "--resume" in err and "Traceback" not in err
+    from sap_rl.pruning.checkpoint import saved_epochs
+
+    done = saved_epochs(out / "checkpoint")
+    assert done is not None and done >= 1
+    assert not (out / "model.safetensors").exists()
