@@ -245,8 +245,11 @@ def prune_agent(
                               {k: v for k, v in card.wrappers.items() if k in fields})  # fmt: skip
     harp = dataclasses.replace(config.harp, seed=config.seed)
     with output_lock(out):
-        check_resume(out, resume)
-        save_config(config, out / "prune.yaml")
+        # On resume prune.yaml is the checkpoint's; rewritten only once harp_prune has found
+        # the settings the same (a refused resume changes nothing).
+        resuming = check_resume(out, resume) > 0
+        if not resuming:
+            save_config(config, out / "prune.yaml")
         frames = collect_frames(q_net, card.game, frames=config.frames, every=config.every,
                                 epsilon=config.epsilon, n_envs=config.n_envs, seed=config.seed,
                                 preprocessing=preprocessing)  # fmt: skip
@@ -276,6 +279,7 @@ def prune_agent(
             result = harp_prune(_sharpened(q_net, config.temperature), batches, harp, device=dev,
                                 on_epoch=on_epoch, checkpoint=out / CHECKPOINT_DIR,
                                 checkpoint_key=key, stop=stop)  # fmt: skip
+        save_config(config, out / "prune.yaml")
         result.model._forward_hooks.clear()  # the copy's temperature hook; Q-values stay Q-values
         clean, robust = _agreement(result.model, frames[n_train:], labels[n_train:], harp)
         pruning: dict[str, Any] = {

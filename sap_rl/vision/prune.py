@@ -190,9 +190,12 @@ def prune(
     dev = resolve_device(device)
     data = load_dataset(config.dataset, data_root)
     with output_lock(out):
-        check_resume(out, resume)
+        # On resume config.yaml is the checkpoint's; rewritten only once harp_prune has found
+        # the settings the same (a refused resume changes nothing).
+        resuming = check_resume(out, resume) > 0
         checkpoint = out / CHECKPOINT_DIR
-        save_config(config, out / "config.yaml")
+        if not resuming:
+            save_config(config, out / "config.yaml")
         history: list[EpochLog] = saved_history(checkpoint)
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -217,6 +220,7 @@ def prune(
         with sigterm_as_interrupt():
             result = harp_prune(model, batches, config.harp, device=dev, on_epoch=on_epoch,
                                 checkpoint=checkpoint, checkpoint_key=key, stop=stop)  # fmt: skip
+        save_config(config, out / "config.yaml")
         test_acc = accuracy(result.model, data.x_test, data.y_test,
                             batch_size=config.eval_batch_size)  # fmt: skip
         source = {

@@ -65,9 +65,11 @@ def test_a_checkpoint_is_not_overwritten_without_resume(
 def test_resume_with_other_settings_is_refused(
     digits_model_dir: Path, stopped: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    before = {p: p.read_bytes() for p in stopped.rglob("*") if p.is_file()}
     assert _prune(digits_model_dir, stopped, "--resume", "--sparsity", "0.8") == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "harp.sparsity" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in stopped.rglob("*") if p.is_file()} == before
 
 
 def test_a_truncated_checkpoint_is_one_line(
