@@ -243,9 +243,18 @@ def test_committed_vision_cells_keep_their_fingerprint(name: str) -> None:
     out = ROOT / "results" / "vision" / name
     meta = json.loads((out / "summary.json").read_text())
     _, card = load_model(ROOT / meta["model"]["path"])
-    cell = next((out / "cells").glob("*.safetensors"))
-    with safe_open(str(cell), framework="pt") as handle:
-        stored = (handle.metadata() or {})["fingerprint"]
-    for large_eps in (DEFAULT_LARGE_EPS, 8.0):
-        config = load_config(VisionEvalConfig, out / "eval_config.yaml", {"large_eps": large_eps})
-        assert _fingerprint(card, config, meta["examples"], torch.device("cpu")) == stored
+    prints = {
+        _fingerprint(
+            card,
+            load_config(VisionEvalConfig, out / "eval_config.yaml", {"large_eps": large_eps}),
+            meta["examples"],
+            torch.device("cpu"),
+        )
+        for large_eps in (DEFAULT_LARGE_EPS, 8.0)
+    }
+    assert len(prints) == 1
+    # The cell files are not committed (.gitignore); where they are, they must still match.
+    cell = next((out / "cells").glob("*.safetensors"), None)
+    if cell is not None:
+        with safe_open(str(cell), framework="pt") as handle:
+            assert prints == {(handle.metadata() or {})["fingerprint"]}
