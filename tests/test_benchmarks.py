@@ -117,6 +117,82 @@ def test_eot_sweep_writes_accuracy_against_draws(tmp_path: Path) -> None:
     assert "difference to 2 draws" in out
 
 
+def _cell_times(work: Path) -> dict[str, int]:
+    return {str(p.relative_to(work)): p.stat().st_mtime_ns for p in work.glob("*/cells/*.json")}
+
+
+def test_eot_sweep_atari_writes_reward_against_draws_and_resumes(tmp_path: Path) -> None:
+    args = ("--draws", "2,1", "--episodes", "1", "--max-steps", "30", "--work",
+            str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--no-plot")  # fmt: skip
+    out = run_bench("eot_sweep_atari", *args)
+    csv = tmp_path / "out" / "eot_sweep.csv"
+    lines = [line.split(",") for line in csv.read_text().splitlines()]
+    assert lines[0] == ["defense", "attack", "eps", "draws", "n", "mean", "sem", "diff_to_max",
+                        "ci_low", "ci_high", "action_change_rate", "seconds"]  # fmt: skip
+    assert [(r[0], r[1], r[3]) for r in lines[1:]] == [
+        ("sap-100", "pgd-10-eot", "1"), ("sap-100", "pgd-10-eot", "2"),  # sorted draw counts
+        ("sap-100", "clean", ""), ("dense", "clean", ""), ("dense", "pgd-10-eot", ""),
+    ]  # fmt: skip
+    assert lines[2][7:10] == ["0.0", "0.0", "0.0"]  # the largest count is the reference
+    assert 0.0 <= float(lines[1][10]) <= 1.0 and float(lines[1][11]) > 0.0  # rate, seconds
+    assert "difference to 2 draws" in out
+    cells = _cell_times(tmp_path / "work")
+    assert sorted({name.split("/")[0] for name in cells}) == ["dense", "draws-1", "draws-2"]
+    before = csv.read_text()
+    run_bench("eot_sweep_atari", *args)  # resumes: every cell reused, the same table
+    assert _cell_times(tmp_path / "work") == cells
+    assert csv.read_text() == before
+
+
+def test_eot_sweep_atari_refuses_an_attack_without_eot(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "eot_sweep_atari.py"), "--attack", "pgd-10",
+         "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("has no -eot suffix: draws would "
+                                                           "change nothing")  # fmt: skip
+    assert not (tmp_path / "work").exists()
+
+
+def test_timed_sweep_writes_reward_against_attacked_fraction_and_resumes(tmp_path: Path) -> None:
+    args = ("--thresholds", "0.06,0", "--episodes", "1", "--max-steps", "30", "--work",
+            str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--no-plot")  # fmt: skip
+    out = run_bench("timed_sweep", *args)
+    csv = tmp_path / "out" / "timed_sweep.csv"
+    lines = [line.split(",") for line in csv.read_text().splitlines()]
+    assert lines[0] == ["defense", "attack", "eps", "threshold", "budget", "n", "mean", "sem",
+                        "attacked_fraction", "action_change_rate", "seconds"]  # fmt: skip
+    assert [(r[0], r[1], r[3]) for r in lines[1:]] == [
+        ("dense", "timed-pgd-10-eot", "0.0"), ("sap-100", "timed-pgd-10-eot", "0.0"),
+        ("dense", "timed-pgd-10-eot", "0.06"), ("sap-100", "timed-pgd-10-eot", "0.06"),
+        ("dense", "clean", ""), ("sap-100", "clean", ""),
+    ]  # fmt: skip
+    fractions = [float(r[8]) for r in lines[1:]]
+    assert fractions[:2] == [1.0, 1.0]  # threshold 0, budget 1: every step (the untimed attack)
+    assert all(0.0 <= f <= 1.0 for f in fractions) and fractions[4:] == [0.0, 0.0]
+    assert "timed-pgd-10-eot, eps 1, 1 games" in out
+    cells = _cell_times(tmp_path / "work")
+    assert sorted({name.split("/")[0] for name in cells}) == [
+        "threshold-0-budget-1", "threshold-0.06-budget-1"]  # fmt: skip
+    before = csv.read_text()
+    run_bench("timed_sweep", *args)  # resumes: every cell reused, the same table
+    assert _cell_times(tmp_path / "work") == cells
+    assert csv.read_text() == before
+
+
+def test_timed_sweep_refuses_sap_without_eot(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "timed_sweep.py"), "--attack", "pgd-10",
+         "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "has no -eot suffix" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "work").exists()
+
+
 def test_compare_ale_vector_prints_equal_frames_per_game_and_fire_reset() -> None:
     out = run_bench("compare_ale_vector", "--games", "Breakout", "--steps", "20")
     rows = re.findall(r"^Breakout\s+fire reset (on |off)\s+newest frames equal (\d+)/(\d+)", out,
