@@ -20,7 +20,7 @@ units are reused), plus the dense agent under the same attack in ``--work/dense`
 - ``action_change_rate``: the fraction of the agent's steps whose action the attack changed;
 - ``seconds``: the cell's work time (``timings.json``).
 
-Usage (``results/rl/eot-sweep``; about 2 hours on the 2-core CPU, most of it the 64 draws)::
+Usage (``results/rl/eot-sweep``; about an hour on the 2-core CPU, most of it the 64 draws)::
 
     nice -n 10 python benchmarks/eot_sweep_atari.py --threads 1
 """

@@ -23,7 +23,7 @@ equal): the untimed attack, the other end from clean. The default thresholds com
 dense RoadRunner agent's preferences on two clean games (1,455 steps, 2026-11-30): 0.02, 0.04,
 0.06, 0.1 and 0.15 leave 85%, 58%, 34%, 13% and 4% of them above; none was above 0.25.
 
-Usage (``results/rl/timed-sweep``; about 2 hours on the 2-core CPU, most of it SAP-100)::
+Usage (``results/rl/timed-sweep``; one to two hours on the 2-core CPU, most of it SAP-100)::
 
     nice -n 10 python benchmarks/timed_sweep.py --threads 1
 """

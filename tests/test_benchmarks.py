@@ -121,6 +121,24 @@ def _cell_times(work: Path) -> dict[str, int]:
     return {str(p.relative_to(work)): p.stat().st_mtime_ns for p in work.glob("*/cells/*.json")}
 
 
+def _check_resumes(name: str, args: tuple[str, ...], work: Path, csv: Path) -> list[str]:
+    """Rerun a finished sweep: every cell file is reused untouched and the table is the same;
+    returns the work folders."""
+    cells, before = _cell_times(work), csv.read_text()
+    run_bench(name, *args)
+    assert _cell_times(work) == cells
+    assert csv.read_text() == before
+    return sorted({name.split("/")[0] for name in cells})
+
+
+def _refused(name: str, *args: str) -> str:
+    """Run a benchmark that must refuse its arguments (exit code 2); its last stderr line."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
 def test_eot_sweep_atari_writes_reward_against_draws_and_resumes(tmp_path: Path) -> None:
     args = ("--draws", "2,1", "--episodes", "1", "--max-steps", "30", "--work",
             str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--no-plot")  # fmt: skip
@@ -136,23 +154,13 @@ def test_eot_sweep_atari_writes_reward_against_draws_and_resumes(tmp_path: Path)
     assert lines[2][7:10] == ["0.0", "0.0", "0.0"]  # the largest count is the reference
     assert 0.0 <= float(lines[1][10]) <= 1.0 and float(lines[1][11]) > 0.0  # rate, seconds
     assert "difference to 2 draws" in out
-    cells = _cell_times(tmp_path / "work")
-    assert sorted({name.split("/")[0] for name in cells}) == ["dense", "draws-1", "draws-2"]
-    before = csv.read_text()
-    run_bench("eot_sweep_atari", *args)  # resumes: every cell reused, the same table
-    assert _cell_times(tmp_path / "work") == cells
-    assert csv.read_text() == before
+    folders = _check_resumes("eot_sweep_atari", args, tmp_path / "work", csv)
+    assert folders == ["dense", "draws-1", "draws-2"]
 
 
 def test_eot_sweep_atari_refuses_an_attack_without_eot(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "eot_sweep_atari.py"), "--attack", "pgd-10",
-         "--work", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("has no -eot suffix: draws would "
-                                                           "change nothing")  # fmt: skip
+    line = _refused("eot_sweep_atari", "--attack", "pgd-10", "--work", str(tmp_path / "work"))
+    assert line.endswith("has no -eot suffix: draws would change nothing")
     assert not (tmp_path / "work").exists()
 
 
@@ -173,23 +181,13 @@ def test_timed_sweep_writes_reward_against_attacked_fraction_and_resumes(tmp_pat
     assert fractions[:2] == [1.0, 1.0]  # threshold 0, budget 1: every step (the untimed attack)
     assert all(0.0 <= f <= 1.0 for f in fractions) and fractions[4:] == [0.0, 0.0]
     assert "timed-pgd-10-eot, eps 1, 1 games" in out
-    cells = _cell_times(tmp_path / "work")
-    assert sorted({name.split("/")[0] for name in cells}) == [
-        "threshold-0-budget-1", "threshold-0.06-budget-1"]  # fmt: skip
-    before = csv.read_text()
-    run_bench("timed_sweep", *args)  # resumes: every cell reused, the same table
-    assert _cell_times(tmp_path / "work") == cells
-    assert csv.read_text() == before
+    folders = _check_resumes("timed_sweep", args, tmp_path / "work", csv)
+    assert folders == ["threshold-0-budget-1", "threshold-0.06-budget-1"]
 
 
 def test_timed_sweep_refuses_sap_without_eot(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "timed_sweep.py"), "--attack", "pgd-10",
-         "--work", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "has no -eot suffix" in result.stderr.strip().splitlines()[-1]
+    line = _refused("timed_sweep", "--attack", "pgd-10", "--work", str(tmp_path / "work"))
+    assert "has no -eot suffix" in line
     assert not (tmp_path / "work").exists()
 
 
