@@ -1,4 +1,4 @@
-"""Command-line flags and the resume/time-limit/signal handling shared by ``sap-rl vision prune``
+"""Command-line flags and the resume and time-limit handling shared by ``sap-rl vision prune``
 and ``sap-rl prune`` (no torch import).
 
 Example:
@@ -12,12 +12,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +28,6 @@ __all__ = [
     "check_resume",
     "harp_overrides",
     "run_stoppable",
-    "sigterm_as_interrupt",
     "sparsity_arg",
     "stopped_message",
     "time_limit",
@@ -107,7 +103,7 @@ def harp_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {flag: getattr(args, flag) for flag in _FLAGS if getattr(args, flag, None) is not None}
 
 
-# --------------------------------------------------------------------- resume, time limit, signals
+# ----------------------------------------------------------------------------- resume, time limit
 
 #: Subfolder of ``--out`` holding a HARP run's checkpoint (:mod:`sap_rl.pruning.checkpoint`).
 CHECKPOINT_DIR = "checkpoint"
@@ -168,31 +164,6 @@ def time_limit(minutes: float | None) -> Callable[[], bool] | None:
         return None
     deadline = time.monotonic() + 60.0 * minutes
     return lambda: time.monotonic() >= deadline
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`KeyboardInterrupt` inside the block, as Ctrl-C.
-
-    A killed run then ends like an interrupted one: the checkpoint of its last finished epoch
-    stays (it is written after every epoch, atomically) and ``--resume`` continues it.
-
-    Example:
-        >>> with sigterm_as_interrupt():
-        ...     pass
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def stopped_message(out: Path, epochs_done: int, epochs: int, reason: str) -> str:

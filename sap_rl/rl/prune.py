@@ -51,7 +51,8 @@ from sap_rl.io import check_out_dir
 from sap_rl.lock import output_lock
 from sap_rl.pruning import EpochLog, HarpConfig, harp_prune, prunable_layers
 from sap_rl.pruning.checkpoint import remove_checkpoint
-from sap_rl.pruning.cli import CHECKPOINT_DIR, check_resume, sigterm_as_interrupt
+from sap_rl.pruning.cli import CHECKPOINT_DIR, check_resume
+from sap_rl.signals import sigterm_as_interrupt
 
 __all__ = ["AgentPruneConfig", "agent_prune_config", "collect_frames", "prune_agent"]
 

@@ -65,6 +65,7 @@ from sap_rl.rl.play import game_progress
 from sap_rl.rl.replay import FrameReplayBuffer
 from sap_rl.rl.scoring import SCORING, agent_games, eval_seed, random_score, score_of
 from sap_rl.rl.train_config import TrainConfig
+from sap_rl.signals import sigterm_as_interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -253,17 +254,6 @@ def _write_eval_csv(out: Path, rows: list[dict[str, float]]) -> None:
     atomic_write_text(out / "eval.csv", buffer.getvalue())
 
 
-def _interrupt_on_sigterm() -> Any:
-    """Turn SIGTERM into KeyboardInterrupt (so ``kill`` saves a checkpoint); returns the old one."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
 def _build_model(game: Game, cfg: TrainConfig, env: Any, device: str) -> DQN:
     cls = DoubleDQN if cfg.algorithm == "DDQN" else DQN
     kwargs = cfg.dqn.sb3_kwargs()
@@ -385,25 +375,24 @@ def _train_in(
         game=resolved, cfg=cfg, out=out_dir, state=state, clock_start=clock, progress=progress
     )
     limit = _TimeLimit(time_limit_s, clock)
-    previous_handler = _interrupt_on_sigterm()
-    try:
-        if not learned:
-            model.learn(
-                total_timesteps=cfg.timesteps - state.timesteps,
-                callback=CallbackList([progress, periodic, limit]),
-                reset_num_timesteps=state.timesteps == 0,
-                log_interval=10,
-            )
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the work done so far
-        logger.warning("interrupted at %d steps; saving a checkpoint", model.num_timesteps)
-        if previous_handler is not None:  # a second SIGTERM must not cut the checkpoint short
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        save_checkpoint(model, out_dir, state, periodic.wall_time())
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-        env.close()
+    with sigterm_as_interrupt():
+        try:
+            if not learned:
+                model.learn(
+                    total_timesteps=cfg.timesteps - state.timesteps,
+                    callback=CallbackList([progress, periodic, limit]),
+                    reset_num_timesteps=state.timesteps == 0,
+                    log_interval=10,
+                )
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the work done so far
+            logger.warning("interrupted at %d steps; saving a checkpoint", model.num_timesteps)
+            if threading.current_thread() is threading.main_thread():
+                # a second SIGTERM must not cut the checkpoint short
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            save_checkpoint(model, out_dir, state, periodic.wall_time())
+            raise
+        finally:
+            env.close()
     if not learned:
         model.logger.record("time/total_timesteps", model.num_timesteps)
         model.logger.dump(step=model.num_timesteps)  # flush the last evaluation into progress.csv

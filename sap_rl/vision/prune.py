@@ -51,7 +51,8 @@ from sap_rl.io import check_out_dir
 from sap_rl.lock import output_lock
 from sap_rl.pruning import EpochLog, HarpConfig, harp_prune, prunable_layers
 from sap_rl.pruning.checkpoint import remove_checkpoint, saved_history
-from sap_rl.pruning.cli import CHECKPOINT_DIR, check_resume, sigterm_as_interrupt
+from sap_rl.pruning.cli import CHECKPOINT_DIR, check_resume
+from sap_rl.signals import sigterm_as_interrupt
 from sap_rl.vision.data import augment, iterate_batches, load_dataset
 from sap_rl.vision.models import ModelCard, load_model, save_model
 from sap_rl.vision.train import accuracy, seed_for
