@@ -259,6 +259,10 @@ def _build_model(game: Game, cfg: TrainConfig, env: Any, device: str) -> DQN:
     kwargs = cfg.dqn.sb3_kwargs()
     # Each frame stored once (0.75 GB per 100k transitions), n-step returns as SB3 computes them.
     kwargs["replay_buffer_kwargs"] = {"n_steps": cfg.dqn.n_steps, "gamma": cfg.dqn.gamma}
+    if cls is DoubleDQN and not cfg.dqn.fast_kernels:
+        # SB3's updates bit for bit: the multi-tensor Adam loop and NCHW convolutions.
+        kwargs["policy_kwargs"]["optimizer_kwargs"]["foreach"] = True
+        kwargs["channels_last"] = False
     return cls(
         "CnnPolicy",
         env,

@@ -68,6 +68,9 @@ class DQNConfig:
 
     ``target_update_interval`` and ``train_freq`` count environment steps (SB3 convention);
     ``adam_eps`` is the optimiser's epsilon (``policy_kwargs.optimizer_kwargs.eps``).
+    ``fast_kernels`` (Double DQN only) runs torch's fused Adam and channels-last convolutions:
+    faster, with other rounding from the first update on; ``false`` gives SB3's own updates bit
+    for bit (multi-tensor Adam, NCHW), which reproduces runs made before these kernels.
     """
 
     learning_rate: float = 1e-4
@@ -85,6 +88,7 @@ class DQNConfig:
     exploration_final_eps: float = 0.01
     max_grad_norm: float = 10.0
     adam_eps: float = 1e-8
+    fast_kernels: bool = True
 
     def __post_init__(self) -> None:
         _positive(

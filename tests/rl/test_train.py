@@ -178,3 +178,22 @@ def test_interrupt_in_the_final_evaluation_resumes_to_the_agent(
     assert (result.agent_dir / "model.safetensors").is_file()
     with pytest.raises(UserError, match="raise --timesteps"):
         train("Breakout", cfg, out=tmp_path / "run", resume=True)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_kernels_choose_the_optimizer_and_layout(fast: bool) -> None:
+    from sap_rl.rl.dqn import describe_optimizer
+    from sap_rl.rl.games import resolve_game
+    from sap_rl.rl.train import _build_model
+
+    cfg = resolve_train_config({"default": {"dqn": {"fast_kernels": fast}}}, game="Breakout")
+    env = make_vec_env("Breakout", 1, seed=0, training=True)
+    try:
+        model = _build_model(resolve_game("Breakout"), cfg, env, "cpu")
+    finally:
+        env.close()
+    assert describe_optimizer(model.policy.optimizer) == (
+        "Adam (torch, fused)" if fast else "Adam (torch, foreach)"
+    )
+    weight = model.policy.q_net.features_extractor.cnn[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) == fast

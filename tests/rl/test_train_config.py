@@ -104,6 +104,7 @@ def test_overrides_win() -> None:
         ({"games": {"Pnog": {"seed": 1}}}, "config key 'games.Pnog': unknown game"),
         ({"games": {"Pong": 3}}, "games.Pong': expected a mapping"),
         ({"timesteps": True}, "config key 'timesteps': expected int"),
+        ({"default": {"dqn": {"fast_kernels": "no"}}}, "'dqn.fast_kernels': expected bool"),
     ],
 )
 def test_bad_configs_name_the_key(data: dict[str, Any], message: str) -> None:
