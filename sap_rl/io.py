@@ -265,10 +265,6 @@ def save_optimizer(path: str | os.PathLike[str], optimizer: torch.optim.Optimize
     save_tensors(path, tensors, {"optimizer": json.dumps(meta, default=_json_default)})
 
 
-# Optimizer options that choose a kernel, not a step: a resumed run keeps its own.
-_KERNEL_CHOICES = ("foreach", "fused", "capturable")
-
-
 def load_optimizer(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer) -> None:
     """Restore an optimizer saved by :func:`save_optimizer`; :class:`UserError` if it is unusable.
 
@@ -292,9 +288,6 @@ def load_optimizer(path: str | os.PathLike[str], optimizer: torch.optim.Optimize
             for key, value in group.items():  # JSON has no tuples (Adam's betas)
                 if isinstance(current.get(key), tuple) and isinstance(value, list):
                     group[key] = tuple(value)
-            for key in _KERNEL_CHOICES:  # how to step is the run's choice, not the file's
-                if key in current:
-                    group[key] = current[key]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as err:
         raise UserError(

@@ -88,24 +88,3 @@ def test_check_out_dir_refuses_files_and_unwritable_places(tmp_path: Path) -> No
         check_out_dir(file, flag="--model-dir")
     assert file.read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing created
-
-
-@pytest.mark.parametrize(("saved", "current"), [("foreach", "fused"), ("fused", "foreach")])
-def test_loaded_optimizer_keeps_its_own_kernel(tmp_path: Path, saved: str, current: str) -> None:
-    from sap_rl.io import load_optimizer, save_optimizer
-
-    def adam(kernel: str) -> tuple[torch.nn.Parameter, torch.optim.Adam]:
-        weight = torch.nn.Parameter(torch.ones(3))
-        return weight, torch.optim.Adam([weight], lr=0.1, eps=1e-3, **{kernel: True})
-
-    weight, first = adam(saved)
-    weight.grad = torch.tensor([1.0, -2.0, 0.5])
-    first.step()
-    save_optimizer(tmp_path / "opt.safetensors", first)
-    other, second = adam(current)
-    second.param_groups[0]["lr"] = 0.5  # the file's hyperparameters win
-    load_optimizer(tmp_path / "opt.safetensors", second)
-    group = second.param_groups[0]
-    assert group[current] is True and not group[saved]
-    assert (group["lr"], group["eps"]) == (0.1, 1e-3)
-    assert torch.equal(second.state[other]["exp_avg"], first.state[weight]["exp_avg"])
