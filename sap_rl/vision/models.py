@@ -49,12 +49,13 @@ __all__ = [
     "ARCHITECTURES",
     "CARD_FORMAT",
     "VGG16",
-    "BasicBlock",
     "DigitsCNN",
     "ModelCard",
     "Normalize",
+    "PadShortcut",
     "ResNet18",
     "ResNet20",
+    "ResidualBlock",
     "build_model",
     "count_parameters",
     "load_model",
@@ -89,28 +90,63 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with an identity shortcut (zero-padded channels when widening)."""
+class PadShortcut(nn.Module):
+    """Option A of He et al.: subsample by ``stride`` and zero-pad the new channels (no weights).
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    Example:
+        >>> PadShortcut(stride=2, extra_channels=16)(torch.ones(1, 16, 8, 8)).shape
+        torch.Size([1, 32, 4, 4])
+    """
+
+    def __init__(self, stride: int, extra_channels: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU()
         self.stride = stride
-        self.extra_channels = planes - in_planes
+        self.extra_channels = extra_channels
 
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        """Option A of He et al.: subsample by ``stride`` and zero-pad the new channels."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride != 1:
             x = x[:, :, :: self.stride, :: self.stride]
         if self.extra_channels > 0:
             half = self.extra_channels // 2
             x = F.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
         return x
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-BN layers and a shortcut, as in He et al. (2016).
+
+    Args:
+        in_planes: input channels.
+        planes: output channels.
+        stride: the first convolution's stride (2 halves the feature map).
+        shortcut: where the shape changes, ``"pad"`` (option A: subsample and zero-pad, no
+            weights; ResNet-20) or ``"conv"`` (option B: a strided 1x1 conv-BN; ResNet-18).
+
+    Example:
+        >>> ResidualBlock(16, 32, stride=2)(torch.zeros(1, 16, 8, 8)).shape
+        torch.Size([1, 32, 4, 4])
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "pad") -> None:
+        super().__init__()
+        if shortcut not in ("pad", "conv"):
+            raise ValueError(f"shortcut must be 'pad' or 'conv', got {shortcut!r}")
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = (
+                PadShortcut(stride, planes - in_planes)
+                if shortcut == "pad"
+                else nn.Sequential(
+                    nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                    nn.BatchNorm2d(planes),
+                )
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
@@ -152,7 +188,7 @@ class ResNet20(nn.Module):
             blocks = []
             for j in range(blocks_per_stage):
                 stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(BasicBlock(in_planes, planes, stride))
+                blocks.append(ResidualBlock(in_planes, planes, stride, "pad"))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -211,29 +247,6 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(self.normalize(x)))
 
 
-class ProjectionBlock(nn.Module):
-    """Two 3x3 conv-BN layers; the shortcut is a strided 1x1 conv-BN when the shape changes."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU()
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
-
-
 class ResNet18(nn.Module):
     """ResNet-18 for 32x32 images (the CIFAR variant: 3x3 stem, no max-pool).
 
@@ -260,8 +273,8 @@ class ResNet18(nn.Module):
         in_planes = 64
         for i, planes in enumerate((64, 128, 256, 512)):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(ProjectionBlock(in_planes, planes, stride),
-                                        ProjectionBlock(planes, planes, 1)))  # fmt: skip
+            stages.append(nn.Sequential(ResidualBlock(in_planes, planes, stride, "conv"),
+                                        ResidualBlock(planes, planes, 1, "conv")))  # fmt: skip
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -12,8 +12,9 @@ from torch import nn
 from sap_rl.errors import UserError
 from sap_rl.sap import apply_sap, deterministic, stochastic_modules
 from sap_rl.vision.models import (
-    BasicBlock,
     DigitsCNN,
+    ResidualBlock,
+    ResNet18,
     ResNet20,
     build_model,
     count_parameters,
@@ -45,13 +46,23 @@ def test_resnet20_stage_shapes() -> None:
 
 
 def test_option_a_shortcut_zero_pads_and_subsamples() -> None:
-    block = BasicBlock(16, 32, stride=2)
+    block = ResidualBlock(16, 32, stride=2)
     x = torch.randn(2, 16, 8, 8)
     short = block.shortcut(x)
     assert short.shape == (2, 32, 4, 4)
     assert torch.equal(short[:, 8:24], x[:, :, ::2, ::2])
     assert short[:, :8].abs().sum() == 0 and short[:, 24:].abs().sum() == 0
-    assert count_parameters(BasicBlock(16, 16)) == 2 * (16 * 16 * 9 + 2 * 16)
+    assert count_parameters(ResidualBlock(16, 16)) == 2 * (16 * 16 * 9 + 2 * 16)
+
+
+def test_block_shortcuts_keep_the_saved_weight_names() -> None:
+    # ResNet-20's option A shortcut has no weights; ResNet-18's option B is conv + BN at .0/.1
+    assert not any("shortcut" in k for k in ResNet20().state_dict())
+    keys = {k for k in ResNet18().state_dict() if "shortcut" in k}
+    assert "layer2.0.shortcut.0.weight" in keys and "layer2.0.shortcut.1.running_mean" in keys
+    assert not any(k.startswith("layer1.") for k in keys)
+    with pytest.raises(ValueError, match="shortcut must be"):
+        ResidualBlock(16, 32, shortcut="zeros")
 
 
 def test_normalization_is_inside_the_model() -> None:
