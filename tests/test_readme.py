@@ -229,8 +229,8 @@ def test_help_examples_parse_and_use_shipped_agents() -> None:
 def test_a_missing_agent_in_an_example_fails_the_check() -> None:
     from sap_rl.errors import UserError
 
-    with pytest.raises(UserError, match="pong-ddqn"):
-        check_command(["sap-rl", "evaluate", "--agent", "pong-ddqn"], "test")
+    with pytest.raises(UserError, match="no-such-ddqn"):
+        check_command(["sap-rl", "evaluate", "--agent", "no-such-ddqn"], "test")
     with pytest.raises(pytest.fail.Exception, match="does not parse"):
         check_command(["sap-rl", "evaluate", "--no-such-flag"], "test")
 
