@@ -16,6 +16,7 @@ examples:
   sap-rl report results/rl/* results/vision/digits-*
   sap-rl report --markdown results/rl/krull-ddqn    # the README's table, printed
   sap-rl report --differences runs/evaluate/krull  # each defense minus dense, bootstrap 95% CIs
+  sap-rl report --literature results/rl/roadrunner-ddqn  # beside SA-DQN's and RADIAL's scores
 """
 
 
@@ -43,6 +44,12 @@ def register(subparsers: Any) -> None:
         help="print each defense's mean difference to dense per attack and eps over the matched "
         "games or images, with its paired bootstrap 95%% CI (summary.json)",
     )
+    parser.add_argument(
+        "--literature",
+        action="store_true",
+        help="print one Markdown table of all folders' PGD scores beside SA-DQN's and "
+        "RADIAL-DQN's published ones (Pong, Freeway, BankHeist, RoadRunner)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -51,8 +58,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sap_rl.report import folder_markdown, read_differences, replot
+    from sap_rl.rl.literature import literature_table
     from sap_rl.stats import differences_table
 
+    if args.literature:
+        print(literature_table(args.dirs))
+        return 0
     for folder in args.dirs:
         if args.differences:
             diffs, vision = read_differences(Path(folder))
