@@ -227,13 +227,18 @@ def read_checks(folder: str | os.PathLike[str]) -> list[Check]:
 def folder_markdown(folder: str | os.PathLike[str]) -> str:
     """:func:`markdown_table` of an evaluation folder (``sap-rl report --markdown DIR``).
 
-    Game scores get no decimals, accuracies (a ``sap-rl vision evaluate`` folder, whose
-    ``summary.json`` has ``chance_accuracy``) three. The folder's gradient-masking flags, if it
-    has any, follow the table (:func:`sap_rl.sanity.checks_markdown`).
+    Game scores get no decimals where some mean reaches 1,000 and one otherwise (Pong's -20.6
+    and 20.4 differ, 21 and 20 would not say how), accuracies (a ``sap-rl vision evaluate``
+    folder, whose ``summary.json`` has ``chance_accuracy``) three. The folder's
+    gradient-masking flags, if it has any, follow the table
+    (:func:`sap_rl.sanity.checks_markdown`).
     """
     rows = read_summary(folder)
-    vision = "chance_accuracy" in _summary_meta(folder)
-    table = markdown_table(rows, digits=3 if vision else 0)
+    if "chance_accuracy" in _summary_meta(folder):
+        digits = 3
+    else:
+        digits = 0 if max((abs(r.mean) for r in rows), default=0.0) >= 1000 else 1
+    table = markdown_table(rows, digits=digits)
     flags = checks_markdown(read_checks(folder))
     return f"{table}\n\n{flags}" if flags else table
 

@@ -245,3 +245,14 @@ def test_report_differences_of_an_older_summary_is_one_line(
     assert main(["report", "--differences", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no paired_differences" in err and "\n" not in err
+
+
+def test_report_markdown_keeps_a_decimal_for_small_game_scores(tmp_path: Path) -> None:
+    """Pong's means (-21 to 21) get one decimal; a folder with a mean of 1,000 or more none."""
+    pong = [("dense", "pgd-10", 0.0, v) for v in (21.0, 20.0, 21.0)]
+    pong += [("dense", "pgd-10", 1.0, v) for v in (-21.0, -20.0, -21.0)]
+    write_summary(tmp_path, summarize(pong, random_score=-20.2), {})
+    assert folder_markdown(tmp_path).splitlines()[2] == "| dense | PGD-10 | 20.7 | -20.7 |"
+    big = [(d, a, e, v * 100) for d, a, e, v in pong]
+    write_summary(tmp_path, summarize(big, random_score=-2020.0), {})
+    assert folder_markdown(tmp_path).splitlines()[2] == "| dense | PGD-10 | 2067 | -2067 |"
