@@ -136,7 +136,8 @@ def literature_table(folders: Sequence[str | os.PathLike[str]]) -> str:
     """sap-rl's scores beside SA-DQN's and RADIAL's, one row per game and eps, in Markdown.
 
     Each folder is an evaluation's ``--out`` folder (``summary.csv`` and ``run.json``); the
-    folders of one game (its dense and its SAP run) are merged. Rows are the budgets of
+    folders of one game (its dense and its SAP run) are merged; "our games" gives the games per
+    cell, dense's then SAP's where they differ (``50 / 10``). Rows are the budgets of
     :data:`LITERATURE_EPS` that the folders measured, eps 0 being each defense's clean score; a
     cell nobody measured or published is ``-``. Our RoadRunner means get no decimals, the other
     games' one; published figures are printed as published. The vanilla DQN column gives
@@ -161,11 +162,12 @@ def literature_table(folders: Sequence[str | os.PathLike[str]]) -> str:
     for folder in folders:
         game = _game(Path(folder))
         rows.setdefault(game, []).extend(read_summary(folder))
-    header = ["game", "eps", *(name for name, _, _ in _OURS), *_THEIRS]
-    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
+    header = ["game", "eps", "our games", *(name for name, _, _ in _OURS), *_THEIRS]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|---|" + "---:|" * (len(header) - 3)]
     for game, game_rows in rows.items():
         published = PUBLISHED[game]
         means = {(r.defense, r.attack, r.eps): r.mean for r in game_rows}
+        counts = {(r.defense, r.attack, r.eps): r.n for r in game_rows}
         clean = {r.defense: r.mean for r in game_rows if r.eps == 0}
         # Our means: none of RoadRunner's tens of thousands need decimals, the others get one.
         # Published figures are printed as the papers give them (21.95, 1308.4, 45534).
@@ -182,8 +184,17 @@ def literature_table(folders: Sequence[str | os.PathLike[str]]) -> str:
                 *(_as_published(v) for v in theirs[1:]),
             ]
             label = "clean" if eps == 0 else f"{eps:g}"
-            lines.append(f"| {game} | {label} | " + " | ".join(cells) + " |")
+            games = _games(counts, eps)
+            lines.append(f"| {game} | {label} | {games} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _games(counts: dict[tuple[str, str, float], int], eps: float) -> str:
+    """Games per cell at ``eps``: dense's, then the SAP cells' if they differ (``50 / 10``)."""
+    dense = {n for (d, _, e), n in counts.items() if e == eps and d == "dense"}
+    sap = {n for (d, _, e), n in counts.items() if e == eps and d.startswith("sap")}
+    parts = [", ".join(map(str, sorted(group))) for group in (dense, sap) if group]
+    return " / ".join(dict.fromkeys(parts)) or "-"
 
 
 def _ours(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def _row(table: str, game: str, label: str) -> list[str]:
 def test_table_has_the_study_means_and_the_published_scores() -> None:
     rows = {(r.defense, r.attack, r.eps): r.mean for r in read_summary(STUDY)}
     table = literature_table([STUDY])
-    dense, dense50, sap100, sap50, vanilla, sa_dqn, radial = _row(table, "RoadRunner", "1")
+    games, dense, dense50, sap100, sap50, vanilla, sa_dqn, radial = _row(table, "RoadRunner", "1")
+    assert games == "10"  # the study plays 10 games in every cell
     # The dense network is deterministic: its PGD-10-EOT cell is PGD-10.
     assert dense == f"{rows[('dense', 'pgd-10-eot', 1.0)]:.0f}"
     assert dense50 == "-"  # the study ran no PGD-50
@@ -39,7 +41,7 @@ def test_table_has_the_study_means_and_the_published_scores() -> None:
         f"{v:g}" for v in (published.vanilla_pgd10, published.sa_dqn_pgd10, published.radial_pgd_1)
     )
     clean = _row(table, "RoadRunner", "clean")
-    assert clean[0] == f"{rows[('dense', 'fgsm', 0.0)]:.0f}"
+    assert clean[1] == f"{rows[('dense', 'fgsm', 0.0)]:.0f}"
     # Only the literature's budgets: the study's 0.5, 2, 4 and 8 are left out.
     assert [line.split("|")[2].strip() for line in table.splitlines()[2:]] == ["clean", "1"]
 
@@ -68,7 +70,7 @@ def test_small_scores_keep_a_decimal_and_published_ones_their_own(tmp_path: Path
     (folder / "run.json").write_text(text)
     rows = {(r.defense, r.eps): r.mean for r in read_summary(folder)}
     table = literature_table([folder])
-    assert _row(table, "Freeway", "clean")[0] == f"{rows[('dense', 0.0)]:.1f}"
+    assert _row(table, "Freeway", "clean")[1] == f"{rows[('dense', 0.0)]:.1f}"
     assert _row(table, "Freeway", "1")[-1] == "21.95"  # RADIAL's, not rounded to 22.0
 
 
@@ -88,3 +90,14 @@ def test_report_literature_command(tmp_path: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().out.strip() == literature_table([STUDY])
     assert main(["report", "--literature", str(tmp_path / "missing")]) == 2
     assert "run.json" in capsys.readouterr().err
+
+
+def test_readme_literature_tables_are_the_command_output() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(
+        r"<!-- sap-rl report --literature ([^>]+?) -->\n(.*?)\n<!-- /report -->", readme, re.S
+    )
+    assert blocks, "the README has no literature table"
+    for folders, table in blocks:
+        expected = literature_table([ROOT / f for f in folders.split()])
+        assert table == expected, f"README literature table for {folders} is stale"
