@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -29,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sap_rl.errors import UserError
+from sap_rl.grid.store import RUN_FILE
+from sap_rl.io import read_json
 from sap_rl.report import SummaryRow, read_summary
 
 __all__ = [
     "LITERATURE_EPS",
     "PUBLISHED",
-    "SOURCES",
     "PublishedScores",
     "format_score",
     "literature_table",
@@ -64,22 +64,15 @@ class PublishedScores:
     radial_pgd_3: float
 
 
-#: Published means: SA-DQN's README (its Table of vanilla DQN and SA-DQN, eps 1/255) and
-#: RADIAL-RL's v1 README (RADIAL-DQN under PGD at 1/255 and 3/255).
+#: Published means: SA-DQN's README (github.com/chenhongge/SA_DQN: its table of vanilla DQN and
+#: SA-DQN, eps 1/255) and RADIAL-RL's v1 README (github.com/tuomaso/radial_rl: RADIAL-DQN under
+#: PGD at 1/255 and 3/255).
 PUBLISHED: dict[str, PublishedScores] = {
     "Pong": PublishedScores(21.0, -21.0, -21.0, 21.0, 21.0, 20.8, 20.8),
     "Freeway": PublishedScores(34.0, 0.0, 0.0, 30.0, 30.0, 21.95, 21.55),
     "BankHeist": PublishedScores(1308.4, 56.4, 31.0, 1235.4, 1232.4, 1038.0, 833.5),
     "RoadRunner": PublishedScores(45534.0, 0.0, 0.0, 44638.0, 44732.0, 43920.0, 12480.0),
 }
-
-#: Where :data:`PUBLISHED` comes from, for captions.
-SOURCES = (
-    "SA-DQN: Zhang et al., Robust Deep Reinforcement Learning against Adversarial Perturbations "
-    "on State Observations, NeurIPS 2020 (github.com/chenhongge/SA_DQN); RADIAL-RL: Oikarinen "
-    "et al., Robust Deep Reinforcement Learning through Adversarial Loss, NeurIPS 2021 "
-    "(github.com/tuomaso/radial_rl, v1)"
-)
 
 #: (column header, defense, attack) of sap-rl's own measurements, in table order.
 _OURS = (
@@ -89,7 +82,6 @@ _OURS = (
     ("SAP-50 PGD-10-EOT", "sap-50", "pgd-10-eot"),
 )
 _THEIRS = ("vanilla DQN PGD-10 / PGD-50", "SA-DQN PGD-10", "RADIAL-DQN PGD")
-
 
 #: The literature's budgets in grey levels (eps / 255 on [0, 1] frames); 0 is the clean row.
 LITERATURE_EPS = (0.0, 1.0, 3.0, 5.0)
@@ -107,18 +99,19 @@ def _as_published(value: float | None) -> str:
 
 
 def _game(folder: Path) -> str:
-    path = folder / "run.json"
-    try:
-        game = json.loads(path.read_text(encoding="utf-8"))["fingerprint"]["game"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: no readable fingerprint.game ({err}); is {folder} the --out "
-                        "folder of sap-rl evaluate?") from None  # fmt: skip
+    path = folder / RUN_FILE
+    run = read_json(path)
+    fingerprint = run.get("fingerprint") if isinstance(run, dict) else None
+    game = fingerprint.get("game") if isinstance(fingerprint, dict) else None
+    if not isinstance(game, str):
+        raise UserError(f"{path}: no fingerprint.game; is {folder} the --out folder of "
+                        "sap-rl evaluate?")  # fmt: skip
     if game not in PUBLISHED:
         raise UserError(
             f"{folder}: game {game!r} has no published figures; "
             f"--literature knows {', '.join(PUBLISHED)}"
         )
-    return str(game)
+    return game
 
 
 def _published(scores: PublishedScores, eps: float) -> list[float | None]:

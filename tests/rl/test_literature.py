@@ -85,6 +85,17 @@ def test_a_game_without_published_scores_is_a_user_error(
     assert "Krull" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("text", ['{"fingerprint": {"game": ["Pong"]}}', "[1]", "{not json"])
+def test_a_damaged_run_file_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    folder = _split(STUDY, {"dense"}, tmp_path / "damaged")
+    (folder / "run.json").write_text(text)
+    assert main(["report", "--literature", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "run.json" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_report_literature_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--literature", str(STUDY)]) == 0
     assert capsys.readouterr().out.strip() == literature_table([STUDY])
