@@ -100,6 +100,8 @@ def _as_published(value: float | None) -> str:
 
 def _game(folder: Path) -> str:
     path = folder / RUN_FILE
+    if not path.is_file():
+        raise UserError(f"{folder}: no {RUN_FILE}; give the --out folder of sap-rl evaluate")
     run = read_json(path)
     fingerprint = run.get("fingerprint") if isinstance(run, dict) else None
     game = fingerprint.get("game") if isinstance(fingerprint, dict) else None
