@@ -37,6 +37,7 @@ from sap_rl.stats import PairedDifference
 __all__ = [
     "REWARD_PANELS",
     "SummaryRow",
+    "evaluation_file",
     "folder_markdown",
     "markdown_table",
     "plot_accuracy",
@@ -160,11 +161,17 @@ def write_summary(
     atomic_write_json(out / "summary.json", payload)
 
 
+def evaluation_file(folder: str | os.PathLike[str], name: str) -> Path:
+    """``folder/name``; :class:`UserError` if ``folder`` has no such file (not an evaluation's)."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise UserError(f"{folder}: no {name}; is it the --out folder of an evaluation?")
+    return path
+
+
 def read_summary(folder: str | os.PathLike[str]) -> list[SummaryRow]:
     """The rows of ``folder/summary.csv``; :class:`UserError` if it is missing or unreadable."""
-    path = Path(folder) / "summary.csv"
-    if not path.is_file():
-        raise UserError(f"{folder}: no summary.csv; is it the --out folder of an evaluation?")
+    path = evaluation_file(folder, "summary.csv")
     try:
         return read_summary_csv(path)
     except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
@@ -178,9 +185,7 @@ def read_differences(folder: str | os.PathLike[str]) -> tuple[list[PairedDiffere
         UserError: no readable ``summary.json``, or one written before the differences were
             (rerunning the evaluation command writes them: its finished cells are reused).
     """
-    path = Path(folder) / "summary.json"
-    if not path.is_file():
-        raise UserError(f"{folder}: no summary.json; is it the --out folder of an evaluation?")
+    path = evaluation_file(folder, "summary.json")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -387,10 +392,8 @@ def replot(folder: str | os.PathLike[str]) -> Path:
         UserError: the folder lacks either summary file, or they are not an evaluation's.
     """
     out = Path(folder)
-    summary_csv, summary_json = out / "summary.csv", out / "summary.json"
-    for path in (summary_csv, summary_json):
-        if not path.is_file():
-            raise UserError(f"{out}: no {path.name}; is it the --out folder of an evaluation?")
+    summary_csv = evaluation_file(out, "summary.csv")
+    summary_json = evaluation_file(out, "summary.json")
     try:
         meta = json.loads(summary_json.read_text(encoding="utf-8"))
         rows = read_summary_csv(summary_csv)

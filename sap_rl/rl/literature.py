@@ -30,7 +30,7 @@ from pathlib import Path
 from sap_rl.errors import UserError
 from sap_rl.grid.store import RUN_FILE
 from sap_rl.io import read_json
-from sap_rl.report import SummaryRow, read_summary
+from sap_rl.report import SummaryRow, evaluation_file, read_summary
 
 __all__ = [
     "LITERATURE_EPS",
@@ -99,9 +99,7 @@ def _as_published(value: float | None) -> str:
 
 
 def _game(folder: Path) -> str:
-    path = folder / RUN_FILE
-    if not path.is_file():
-        raise UserError(f"{folder}: no {RUN_FILE}; give the --out folder of sap-rl evaluate")
+    path = evaluation_file(folder, RUN_FILE)
     run = read_json(path)
     fingerprint = run.get("fingerprint") if isinstance(run, dict) else None
     game = fingerprint.get("game") if isinstance(fingerprint, dict) else None

@@ -101,7 +101,7 @@ def test_report_literature_command(tmp_path: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().out.strip() == literature_table([STUDY])
     assert main(["report", "--literature", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert "run.json" in err and "--out folder of sap-rl evaluate" in err
+    assert "run.json" in err and "--out folder of an evaluation" in err
 
 
 def test_readme_literature_tables_are_the_command_output() -> None:
