@@ -298,7 +298,8 @@ def test_shipped_agents_are_named_after_their_folders() -> None:
     # card's name; a name other than the folder's would file the results under a second name.
     folders = sorted(p.parent for p in SHIPPED.glob(f"*/{CARD_FILE}"))
     assert [f.name for f in folders] == [
-        "freeway-ddqn", "krull-ddqn", "kungfumaster-ddqn", "pong-ddqn", "roadrunner-ddqn"
+        "bankheist-ddqn", "freeway-ddqn", "krull-ddqn", "kungfumaster-ddqn", "pong-ddqn",
+        "roadrunner-ddqn",
     ]  # fmt: skip
     for folder in folders:
         assert read_card(folder).name == folder.name
