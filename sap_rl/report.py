@@ -367,8 +367,37 @@ def plot_metrics(
 def plot_relative_reward(
     rows: Sequence[SummaryRow], path: str | os.PathLike[str], *, title: str | None = None
 ) -> None:
-    """The RL evaluator's ``relative_reward.png``: the :data:`REWARD_PANELS` against eps."""
-    plot_metrics(rows, path, REWARD_PANELS, title=title, sem_over="games")
+    """The RL evaluator's ``relative_reward.png``: the :data:`REWARD_PANELS` against eps.
+
+    A share of the clean reward means nothing once scores can be negative (Pong's run from -21
+    to 21: a defense at -17 clean and -21 attacked would "keep 124%"), so where any mean is
+    below 0 or a clean mean is not above 0 only the ``normalized`` row is drawn, and the
+    caption says why.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> rows = [SummaryRow("dense", "fgsm", 0.0, 10, -17.0, 3.0, 1.0, 1.0, 0.1),
+        ...         SummaryRow("dense", "fgsm", 1.0, 10, -21.0, 0.0, 0.0, 1.2, 0.0)]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     plot_relative_reward(rows, pathlib.Path(tmp) / "plot.png")
+    """
+    if relative_reward_defined(rows):
+        plot_metrics(rows, path, REWARD_PANELS, title=title, sem_over="games")
+        return
+    note = "reward / clean reward not drawn: scores below 0"
+    plot_metrics(rows, path, REWARD_PANELS[1:], title=f"{title}\n{note}" if title else note,
+                 sem_over="games")  # fmt: skip
+
+
+def relative_reward_defined(rows: Sequence[SummaryRow]) -> bool:
+    """Whether every reward is >= 0 and every clean reward > 0, so that reward / clean is a share.
+
+    Example:
+        >>> clean = SummaryRow("dense", "fgsm", 0.0, 10, 20.8, 0.4, 0.1, 1.0, 1.0)
+        >>> relative_reward_defined([clean])
+        True
+    """
+    return all(r.mean >= 0 for r in rows) and all(r.mean > 0 for r in rows if r.eps == 0)
 
 
 def plot_accuracy(

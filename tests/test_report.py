@@ -19,7 +19,9 @@ from sap_rl.report import (
     folder_markdown,
     plot_metric,
     plot_metrics,
+    plot_relative_reward,
     read_summary_csv,
+    relative_reward_defined,
     replot,
     summarize,
     write_summary,
@@ -122,6 +124,23 @@ def test_reward_plot_has_a_panel_on_dense_clean_scale_and_says_sem(
     assert list(axes[1].get_xticks()) == [0.0, 2.0]
     assert [t.get_text() for t in axes[1].get_xticklabels()] == ["0", "2"]
     assert len(axes[1].xaxis.get_minorticklocs()) == 0
+
+
+def test_reward_plot_drops_the_relative_row_when_scores_go_below_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    negative = summarize(records(), random_score=-20.5)  # dense falls to -20 under FGSM
+    positive = summarize([(d, a, e, r + 21.0) for d, a, e, r in records()], random_score=0.5)
+    assert not relative_reward_defined(negative)
+    assert relative_reward_defined(positive)
+    figures = _figure_of(monkeypatch)
+    plot_relative_reward(negative, tmp_path / "x.png", title="Pong")
+    plot_relative_reward(positive, tmp_path / "y.png", title="Pong")
+    dropped, kept = figures
+    assert [ax.get_ylabel() for ax in dropped.axes] == [REWARD_PANELS[1][1]]
+    assert "not drawn: scores below 0" in dropped.get_suptitle()
+    assert [ax.get_ylabel() for ax in kept.axes] == [label for _, label in REWARD_PANELS]
+    assert "not drawn" not in kept.get_suptitle()
 
 
 def test_error_bars_are_the_sem_on_the_metric_scale() -> None:
