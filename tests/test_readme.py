@@ -241,6 +241,7 @@ STUDY_FOLDERS = {
     "RoadRunner": "roadrunner-ddqn",
     "KungFuMaster": "kungfumaster-ddqn",
     "Krull": "krull-ddqn",
+    "Pong": "pong-ddqn",
 }
 
 
