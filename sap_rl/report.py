@@ -48,6 +48,7 @@ __all__ = [
     "read_differences",
     "read_summary",
     "read_summary_csv",
+    "relative_reward_defined",
     "replot",
     "save_figure",
     "summarize",
@@ -385,8 +386,8 @@ def plot_relative_reward(
         plot_metrics(rows, path, REWARD_PANELS, title=title, sem_over="games")
         return
     note = "reward / clean reward not drawn: scores below 0"
-    plot_metrics(rows, path, REWARD_PANELS[1:], title=f"{title}\n{note}" if title else note,
-                 sem_over="games")  # fmt: skip
+    panels = [panel for panel in REWARD_PANELS if panel[0] != "relative"]
+    plot_metrics(rows, path, panels, title=f"{title}\n{note}" if title else note, sem_over="games")
 
 
 def relative_reward_defined(rows: Sequence[SummaryRow]) -> bool:
