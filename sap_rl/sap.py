@@ -322,11 +322,18 @@ class StochasticModule(nn.Module):
     Unlike ``nn.Dropout``, these layers ignore ``model.train()`` / ``model.eval()``: attack
     libraries force eval mode, and a defense must not silently switch itself off. Use
     :func:`deterministic` to turn every such layer off temporarily.
+
+    Attributes:
+        enabled: whether the layer is random (else the identity or its plain activation).
+        generator: the layer's own source of randomness (``None``: torch's global generator).
     """
+
+    generator: torch.Generator | None
 
     def __init__(self, *, enabled: bool = True) -> None:
         super().__init__()
         self.enabled = enabled
+        self.generator = None
 
 
 class SAP(StochasticModule):

@@ -10,7 +10,9 @@ The engine knows no domain. A domain (RL games, vision batches) gives it
 :func:`run_grid` then reads the finished cells (a rerun of the same command resumes), restores
 the finished units of unfinished cells (``cells/<cell>.units/``), runs the rest on an executor,
 keeps each finished unit of a multi-unit cell in a unit file as it arrives, and writes a cell's
-file when its last unit arrives. Progress shows as a bar on a terminal.
+file when its last unit arrives. A unit that continues from a checkpoint of its runner
+(:func:`sap_rl.grid.store.save_partial`) is timed with the seconds the checkpoint holds.
+Progress shows as a bar on a terminal.
 
 Example:
     >>> import tempfile, pathlib
@@ -36,7 +38,15 @@ from typing import Any, Protocol
 
 from sap_rl.errors import UserError
 from sap_rl.grid.executors import Executor, Work
-from sap_rl.grid.store import cell_path, clear_units, load_units, record_time, save_unit
+from sap_rl.grid.store import (
+    cell_path,
+    clear_units,
+    load_partial,
+    load_units,
+    record_time,
+    remove_partial,
+    save_unit,
+)
 from sap_rl.grid.units import Unit, split_cell  # noqa: F401  (split_cell: the example)
 from sap_rl.io import atomic_write_json, read_json
 
@@ -141,6 +151,8 @@ def run_grid(
             continue
         partial[cell] = load_units(out, list(units), files.fingerprint)
         todo.extend(u for u in units if u.index not in partial[cell])
+    # Work seconds already spent on units that continue from a checkpoint (store.save_partial).
+    earlier = {u.key: kept[1] for u in todo if (kept := load_partial(out, u, files.fingerprint))}
     total = sum(u.size for units in cells.values() for u in units)
     finished = total - sum(u.size for u in todo)
     seconds: dict[str, float] = {}
@@ -170,6 +182,7 @@ def run_grid(
             work, todo, may_start=may_start, on_report=on_report
         ):
             bar.update(max(0, unit.size - credited.pop(unit.key, 0)))
+            unit_seconds += earlier.pop(unit.key, 0.0)
             seconds[unit.cell] = seconds.get(unit.cell, 0.0) + unit_seconds
             record_time(out, unit.cell, unit_seconds)
             partial[unit.cell][unit.index] = result
@@ -177,6 +190,7 @@ def run_grid(
                 finish(unit.cell)
             else:
                 save_unit(out, unit, result, files.fingerprint)
+                remove_partial(out, unit)
     order = list(cells)
     return GridRun(
         done={c: done[c] for c in order if c in done},

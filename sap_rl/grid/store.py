@@ -5,11 +5,15 @@ Layout of ``out``::
     run.json                   {"fingerprint": ...}: the settings every cell was made with
     cells/<cell><suffix>       a finished cell, written by its domain (atomically)
     cells/<cell>.units/<i>.json  a finished unit of an unfinished cell (JSON, atomic)
+    cells/<cell>.units/<i>.partial.json  a checkpoint inside a running unit (local workers)
     timings.json               wall seconds per cell and unit (not results: they vary per run)
 
 A unit file is removed once its cell's file is written, so a killed run loses at most the units
-in flight, and a rerun of the same command resumes from the files. Cell files hold results only,
-never timings, so they are byte-identical whatever the backend, the worker count and the order.
+in flight, and a rerun of the same command resumes from the files. A domain whose units are long
+may also checkpoint inside a unit (:func:`save_partial`): a killed unit then continues from its
+last checkpoint (the domain guarantees the same result as an uninterrupted run). Cell files hold
+results only, never timings, so they are byte-identical whatever the backend, the worker count
+and the order.
 
 Example:
     >>> import tempfile, pathlib
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sap_rl.errors import UserError
-from sap_rl.grid.units import Unit
+from sap_rl.grid.units import Unit, split_cell  # noqa: F401  (split_cell: the example)
 from sap_rl.io import atomic_write_json, read_json
 
 __all__ = [
@@ -40,8 +44,11 @@ __all__ = [
     "cell_path",
     "check_run_file",
     "clear_units",
+    "load_partial",
     "load_units",
     "record_time",
+    "remove_partial",
+    "save_partial",
     "save_unit",
     "write_run_file",
 ]
@@ -115,6 +122,48 @@ def load_units(out: Path, units: list[Unit], fingerprint: Any) -> dict[int, Any]
                     and data.get("fingerprint") == fingerprint and "result" in data):  # fmt: skip
                 found[unit.index] = data["result"]
     return found
+
+
+def _partial_path(out: Path, unit: Unit) -> Path:
+    return _units_dir(out, unit.cell) / f"{unit.index}.partial.json"
+
+
+def save_partial(out: Path, unit: Unit, state: Any, fingerprint: Any, seconds: float) -> None:
+    """Keep the state of a running unit (JSON-able) and the work seconds it holds.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out, unit = pathlib.Path(tempfile.mkdtemp()), split_cell("c", 4, 2)[1]
+        >>> save_partial(out, unit, {"step": 7}, {"seed": 0}, 12.5)
+        >>> load_partial(out, unit, {"seed": 0}), load_partial(out, unit, {"seed": 1})
+        (({'step': 7}, 12.5), None)
+    """
+    atomic_write_json(
+        _partial_path(out, unit),
+        {"unit": [unit.index, unit.count, unit.start, unit.stop], "fingerprint": fingerprint,
+         "seconds": round(seconds, 3), "state": state},
+    )  # fmt: skip
+
+
+def load_partial(out: Path, unit: Unit, fingerprint: Any) -> tuple[Any, float] | None:
+    """The state and work seconds of ``unit``'s checkpoint, ``None`` if there is none of these
+    settings (a checkpoint of other settings or another split is ignored)."""
+    path = _partial_path(out, unit)
+    if not path.is_file():
+        return None
+    with contextlib.suppress(UserError):
+        data = read_json(path)
+        expected = [unit.index, unit.count, unit.start, unit.stop]
+        if (isinstance(data, dict) and data.get("unit") == expected
+                and data.get("fingerprint") == fingerprint and "state" in data
+                and isinstance(data.get("seconds"), int | float)):  # fmt: skip
+            return data["state"], float(data["seconds"])
+    return None
+
+
+def remove_partial(out: Path, unit: Unit) -> None:
+    """Remove ``unit``'s checkpoint (once its result is kept)."""
+    _partial_path(out, unit).unlink(missing_ok=True)
 
 
 def clear_units(out: Path, cell: str) -> None:

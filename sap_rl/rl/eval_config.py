@@ -74,6 +74,9 @@ class AtariEvalConfig:
             every committed result) or ``ale_vector`` (ale-py's C++ ``AtariVectorEnv``, same
             pixels and games; :mod:`sap_rl.rl.ale_vector`). Part of the fingerprint only when
             not ``gymnasium``.
+        checkpoint_every: seconds between two checkpoints inside a unit (local backend): a
+            stopped run continues a long unit from its last checkpoint, to the same games
+            (:mod:`sap_rl.rl.unit_resume`). Never changes a game.
     """
 
     agent: str | None = None
@@ -98,6 +101,7 @@ class AtariEvalConfig:
     backend: Backend = "local"
     workers: int | None = None
     env_backend: EnvBackend = "gymnasium"
+    checkpoint_every: float = 300.0
 
     def __post_init__(self) -> None:
         names = (
@@ -121,6 +125,13 @@ class AtariEvalConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"seed must be an integer >= 0, got {self.seed!r}")
         self.large_eps = check_large_eps(self.large_eps, "large-eps")
+        if (isinstance(self.checkpoint_every, bool)
+                or not isinstance(self.checkpoint_every, int | float)
+                or not self.checkpoint_every > 0):  # fmt: skip
+            raise UserError(
+                f"checkpoint-every must be a number of seconds > 0, got {self.checkpoint_every!r}"
+            )
+        self.checkpoint_every = float(self.checkpoint_every)
         if not 0.0 <= self.epsilon <= 1.0:
             raise UserError(f"epsilon must be in [0, 1], got {self.epsilon}")
         if self.backend not in BACKENDS:

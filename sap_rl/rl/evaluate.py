@@ -137,7 +137,10 @@ def evaluate(
     stamp = fingerprint(card, game, config)
     cells = plan_cells(config)
     state = {name: value.detach().cpu() for name, value in net.state_dict().items()}
-    work = Work(GamePlayer, (state, game.name, config), threads=config.threads)
+    # Local workers keep checkpoints inside long units in out_dir; Ray workers may run on nodes
+    # without it (the driver writes every file), so their units restart when stopped.
+    keep = str(out_dir) if config.backend == "local" else None
+    work = Work(GamePlayer, (state, game.name, config, keep, stamp), threads=config.threads)
     # The executor first: joining a Ray cluster may fail, and then nothing is written. One
     # writer per folder: two runs of different settings would mix their files; the folder's
     # contents are checked under the lock, so no other run changes them meanwhile.

@@ -27,19 +27,22 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from sap_rl.attacks import parse_attack
 from sap_rl.defenses import parse_defense
 from sap_rl.devices import resolve_device
 from sap_rl.errors import UserError
-from sap_rl.grid.store import cell_path
+from sap_rl.grid.store import cell_path, load_partial, save_partial
 from sap_rl.grid.units import Unit, split_cell, stable_seed
 from sap_rl.io import atomic_write_json, read_json
 from sap_rl.report import write_csv
@@ -50,10 +53,18 @@ from sap_rl.rl.games import Game, resolve_game
 from sap_rl.rl.perturb import ObservationAttack, StepCounts
 from sap_rl.rl.play import (
     GameRecord,
+    PlayState,
     agent_policy,
     make_eval_envs,
     play_matched_games,
     preprocessing_for,
+)
+from sap_rl.rl.unit_resume import (
+    ResumeError,
+    decode_play_state,
+    encode_play_state,
+    random_state,
+    restore_random_state,
 )
 
 __all__ = [
@@ -74,6 +85,8 @@ __all__ = [
 #: them; a game's ``length`` may also count the env's own reset steps), those attacked, and those
 #: whose action the attack changed.
 STEP_FIELDS = ("policy_steps", "attacked_steps", "changed_steps")
+
+logger = logging.getLogger(__name__)
 
 EPISODE_COLUMNS = (
     "game", "agent", "defense", "attack", "eps", "seed", "episode", "reward", "length",
@@ -155,11 +168,19 @@ def play_unit(
     *,
     on_game: Callable[[GameRecord], None] | None = None,
     counts: dict[int, StepCounts] | None = None,
+    resume: dict[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[GameRecord]:
     """Play the games of ``unit`` with ``cell``'s defense inserted and its attack active.
 
-    ``counts``, if given, receives each attacked game's steps, steps attacked and steps with a
-    changed action (:meth:`ObservationAttack.act`).
+    Args:
+        counts: if given, receives each attacked game's steps, steps attacked and steps with a
+            changed action (:meth:`ObservationAttack.act`).
+        resume: a state that ``save`` got in an earlier call with the same arguments: the unit
+            continues from it (:mod:`sap_rl.rl.unit_resume`) to the same games. A state that
+            does not fit raises :class:`~sap_rl.rl.unit_resume.ResumeError` before any play.
+        save: called with the unit's JSON-able state every ``config.checkpoint_every`` seconds
+            (between two steps).
     """
     seed = unit_seed(config.seed, cell, unit)
     model = parse_defense(cell.defense).apply(net).to(device).eval()
@@ -177,17 +198,52 @@ def play_unit(
     )
     if counts is not None:
         attack.counts = counts
-    policy = agent_policy(attack, device=device, epsilon=config.epsilon, seed=config.seed)
+    rngs: dict[int, np.random.Generator] = {}
+    policy = agent_policy(attack, device=device, epsilon=config.epsilon, seed=config.seed,
+                          rngs=rngs)  # fmt: skip
+    on_step = None
+    if save is not None:
+        saved = time.monotonic()
+
+        def on_step(state: PlayState) -> None:
+            nonlocal saved
+            if time.monotonic() - saved >= config.checkpoint_every:
+                save({"play": encode_play_state(state),
+                      "random": random_state(attack, rngs, device)})  # fmt: skip
+                saved = time.monotonic()
+
     with _seeded_torch(seed, device):
+        state = None
+        if resume is not None:
+            if not isinstance(resume, dict) or not {"play", "random"} <= resume.keys():
+                raise ResumeError("not a saved state of a unit")
+            state = decode_play_state(resume["play"], min(len(envs), unit.size), unit.start,
+                                      unit.size)  # fmt: skip
+            restore_random_state(resume["random"], attack, rngs, device)
+            for record in sorted(state.records.values(), key=lambda r: r.episode):
+                if on_game is not None:
+                    on_game(record)
         return play_matched_games(envs[: unit.size], policy, unit.size, seed=config.seed,
-                                  first=unit.start, on_game=on_game)  # fmt: skip
+                                  first=unit.start, on_game=on_game, resume=state,
+                                  on_step=on_step)  # fmt: skip
 
 
 class GamePlayer:
-    """A worker's unit runner: the agent's network and envs, built once from its weights."""
+    """A worker's unit runner: the agent's network and envs, built once from its weights.
+
+    With ``out`` (the output folder, on a file system this worker shares with the driver), a
+    unit keeps a checkpoint every ``config.checkpoint_every`` seconds
+    (:func:`sap_rl.grid.store.save_partial`) and a unit stopped mid-way continues from it, to the
+    same games; ``stamp`` is the fingerprint checkpoints are made with.
+    """
 
     def __init__(
-        self, state: dict[str, torch.Tensor], game_name: str, config: AtariEvalConfig
+        self,
+        state: dict[str, torch.Tensor],
+        game_name: str,
+        config: AtariEvalConfig,
+        out: str | None = None,
+        stamp: dict[str, Any] | None = None,
     ) -> None:
         net = QNetwork(int(state["head.weight"].shape[0]))
         net.load_state_dict(state)
@@ -196,12 +252,39 @@ class GamePlayer:
         self.config = config
         self.cells = {c.name: c for c in plan_cells(config)}
         self.envs = make_envs(resolve_game(game_name), config)
+        self.out = None if out is None else Path(out)
+        self.stamp = stamp
 
     def __call__(self, unit: Unit, report: Callable[[int], None]) -> list[dict[str, Any]]:
         cell = self.cells[unit.cell]
         counts: dict[int, StepCounts] | None = None if cell.attack is None else {}
-        games = play_unit(self.net, cell, unit, self.config, self.envs, self.device,
-                          on_game=lambda _: report(1), counts=counts)  # fmt: skip
+        resume, save = None, None
+        if self.out is not None:
+            out, stamp = self.out, self.stamp
+            kept = load_partial(out, unit, stamp)
+            if kept is not None and (not isinstance(kept[0], dict)
+                                     or kept[0].get("device") != self.device.type):  # fmt: skip
+                kept = None  # another device's generators: play the unit afresh
+            resume = None if kept is None else kept[0]
+            earlier, started = (0.0 if kept is None else kept[1]), time.perf_counter()
+
+            def save(state: dict[str, Any]) -> None:
+                seconds = earlier + time.perf_counter() - started
+                save_partial(out, unit, state | {"device": self.device.type}, stamp, seconds)
+
+        def play(resume: dict[str, Any] | None) -> list[GameRecord]:
+            return play_unit(self.net, cell, unit, self.config, self.envs, self.device,
+                             on_game=lambda _: report(1), counts=counts, resume=resume,
+                             save=save)  # fmt: skip
+
+        try:
+            games = play(resume)
+        except ResumeError as err:
+            logger.warning("%s: cannot continue from its checkpoint (%s); playing it afresh",
+                           unit.key, err)  # fmt: skip
+            if counts is not None:
+                counts.clear()
+            games = play(None)
         if counts is None or cell.eps == 0:
             return [asdict(g) for g in games]
         return [asdict(g) | _step_fields(counts.get(g.episode, StepCounts())) for g in games]

@@ -86,6 +86,9 @@ def register(subparsers: Any) -> None:
     add("--time-limit", type=float, metavar="MINUTES",
         help="start no new unit after MINUTES; the summary covers the finished cells and "
         "rerunning the same command plays the rest")  # fmt: skip
+    add("--checkpoint-every", type=float, metavar="SECONDS",
+        help="a unit's games are checkpointed this often, so a stopped run continues inside its "
+        "units (default: 300; local backend)")  # fmt: skip
     add("--out", metavar="DIR", help="output folder (default: runs/evaluate/<agent>)")
     add("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -111,7 +114,7 @@ def _floats(text: str, flag: str) -> list[float]:
 _PLAIN_KEYS = (
     "agent", "game", "episodes", "n_envs", "seed", "eot_samples", "action_samples", "perturb",
     "epsilon", "max_steps", "random_episodes", "device", "threads", "backend", "workers",
-    "env_backend",
+    "env_backend", "checkpoint_every",
 )  # fmt: skip
 
 

@@ -47,6 +47,7 @@ from sap_rl.rl.perturb import ObservationAttack, PerturbObservation
 __all__ = [
     "GamePolicy",
     "GameRecord",
+    "PlayState",
     "agent_policy",
     "game_progress",
     "greedy_policy",
@@ -75,17 +76,50 @@ class GameRecord:
     truncated: bool = False
 
 
+@dataclass
+class PlayState:
+    """Where :func:`play_matched_games` stands between two steps: enough to continue it exactly.
+
+    The envs are not saved: a running game is rebuilt by resetting its env with the game's seed
+    and replaying its actions (the emulator and its sticky actions are seeded by the reset).
+
+    Attributes:
+        next_game: the next game to start.
+        playing: per env slot, the game it plays (``None``: idle).
+        actions: per running game, its actions so far.
+        records: the finished games.
+    """
+
+    next_game: int
+    playing: list[int | None]
+    actions: dict[int, list[int]]
+    records: dict[int, GameRecord]
+
+    def check(self, n_envs: int, first: int, n_games: int) -> None:
+        """Raise ``ValueError`` unless this is a state of ``n_games`` games from ``first`` on
+        ``n_envs`` envs."""
+        running = [g for g in self.playing if g is not None]
+        known = set(running) | set(self.records)
+        if (len(self.playing) != n_envs or len(set(running)) != len(running)
+                or set(running) != set(self.actions)
+                or not known <= set(range(first, first + n_games))
+                or not first <= self.next_game <= first + n_games):  # fmt: skip
+            raise ValueError("the state to resume is not one of these games")
+
+
 def agent_policy(
     attack: ObservationAttack,
     *,
     device: str | torch.device = "cpu",
     epsilon: float = 0.0,
     seed: int = 0,
+    rngs: dict[int, np.random.Generator] | None = None,
 ) -> GamePolicy:
     """The defended agent under attack as a :data:`GamePolicy` (batched; epsilon-greedy).
 
     All active games are attacked in one forward/backward pass (:meth:`ObservationAttack.act`).
-    With ``epsilon > 0`` game ``g`` explores with its own generator seeded by ``(seed, g)``.
+    With ``epsilon > 0`` game ``g`` explores with its own generator seeded by ``(seed, g)``, kept
+    in ``rngs`` (pass a dict to save or restore their states).
 
     Example:
         >>> from sap_rl.rl.agent import QNetwork
@@ -93,7 +127,7 @@ def agent_policy(
         >>> policy(np.zeros((2, 4, 84, 84), np.uint8), [0, 1]).shape
         (2,)
     """
-    rngs: dict[int, np.random.Generator] = {}
+    rngs = {} if rngs is None else rngs
 
     def act(obs: np.ndarray, games: Sequence[int]) -> np.ndarray:
         actions, _ = attack.act(obs_to_tensor(obs, device), games)
@@ -157,6 +191,8 @@ def play_matched_games(
     seed: int,
     first: int = 0,
     on_game: Callable[[GameRecord], None] | None = None,
+    resume: PlayState | None = None,
+    on_step: Callable[[PlayState], None] | None = None,
 ) -> list[GameRecord]:
     """Play games ``first .. first+n_games-1`` on parallel envs; game ``g`` starts with seed
     ``seed + g``.
@@ -175,6 +211,11 @@ def play_matched_games(
         first: index of the first game (a unit of a cell plays games ``first ..``).
         on_game: called with each game as it finishes (in finishing order), e.g. the callback of
             :func:`game_progress`.
+        resume: continue from this state (one that ``on_step`` got from a call with the same
+            arguments): its running games are replayed, then play goes on. With the policy's
+            random state restored as it was at that step, the games equal an uninterrupted run.
+        on_step: called after every step with the current state (a live object: copy what you
+            keep).
 
     Returns:
         One record per game, in game order.
@@ -187,31 +228,38 @@ def play_matched_games(
     """
     if n_games < 1:
         raise UserError(f"the number of games must be >= 1, got {n_games}")
-    results: dict[int, GameRecord] = {}
-    playing: list[int | None] = [None] * len(envs)
+    state = resume or PlayState(first, [None] * len(envs), {}, {})
+    playing = state.playing
     obs: list[np.ndarray] = [np.empty(0, np.uint8)] * len(envs)
-    next_game = first
 
     def start(slot: int) -> None:
-        nonlocal next_game
         playing[slot] = None
-        if next_game < first + n_games:
-            obs[slot], _ = envs[slot].reset(seed=seed + next_game)
-            playing[slot] = next_game
-            next_game += 1
+        if state.next_game < first + n_games:
+            game = state.next_game
+            obs[slot], _ = envs[slot].reset(seed=seed + game)
+            playing[slot] = game
+            state.actions[game] = []
+            state.next_game += 1
 
-    for slot in range(len(envs)):
-        start(slot)
+    if resume is None:
+        for slot in range(len(envs)):
+            start(slot)
+    else:
+        resume.check(len(envs), first, n_games)
+        for slot, game in enumerate(resume.playing):
+            if game is not None:
+                obs[slot] = _replay(envs[slot], seed + game, resume.actions[game])
     while any(g is not None for g in playing):
         active = [slot for slot, g in enumerate(playing) if g is not None]
         games = [playing[slot] for slot in active]
         actions = policy(np.stack([obs[slot] for slot in active]), games)  # type: ignore[arg-type]
         steps = _step_envs([envs[slot] for slot in active], actions)
-        for slot, game, step in zip(active, games, steps, strict=True):
+        for slot, game, action, step in zip(active, games, actions, steps, strict=True):
+            assert game is not None
+            state.actions[game].append(int(action))
             obs[slot], _, terminated, truncated, info = step
             if not (terminated or truncated):
                 continue
-            assert game is not None
             episode = info.get("episode")
             if episode is None:
                 raise RuntimeError("a game ended without info['episode']; use evaluation envs")
@@ -222,11 +270,24 @@ def play_matched_games(
                 length=int(episode["l"]),
                 truncated=bool(episode.get("truncated", truncated and not terminated)),
             )
-            results[game] = record
+            state.records[game] = record
+            del state.actions[game]
             if on_game is not None:
                 on_game(record)
             start(slot)
-    return [results[g] for g in range(first, first + n_games)]
+        if on_step is not None:
+            on_step(state)
+    return [state.records[g] for g in range(first, first + n_games)]
+
+
+def _replay(env: gym.Env, seed: int, actions: Sequence[int]) -> np.ndarray:
+    """Reset ``env`` with ``seed``, replay ``actions`` and return the observation they lead to."""
+    observation, _ = env.reset(seed=seed)
+    for action in actions:
+        observation, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            raise RuntimeError("a replayed game ended early: the env is not deterministic")
+    return np.asarray(observation)
 
 
 def _step_envs(envs: Sequence[gym.Env], actions: np.ndarray) -> list[tuple[Any, ...]]:

@@ -9,6 +9,7 @@ import pytest
 
 from sap_rl.errors import UserError
 from sap_rl.grid import JsonCells, LocalExecutor, Unit, Work, make_executor, run_grid, split_cell
+from sap_rl.grid.store import load_partial, save_partial
 from sap_rl.grid.units import stable_seed
 
 
@@ -50,6 +51,29 @@ def test_units_resume_and_cells_are_the_same_whatever_the_workers(tmp_path: Path
     assert _files(tmp_path / "one") == _files(tmp_path / "two")
     timings = json.loads((tmp_path / "two" / "timings.json").read_text())
     assert set(timings["cells"]) == {"a", "b", "c"}
+
+
+def test_a_unit_checkpoint_counts_its_seconds_and_goes_with_its_unit(tmp_path: Path) -> None:
+    grid = {"a": split_cell("a", 4, 2)}
+    first, second = grid["a"]
+    save_partial(tmp_path, first, {"step": 3}, 0, 1000.0)  # a runner's checkpoint, 1000 s in
+    save_partial(tmp_path, second, {"step": 5}, 1, 50.0)  # of other settings: ignored
+    started: list[int] = []
+
+    def may_start() -> bool:
+        started.append(1)
+        return len(started) <= 1
+
+    run = run_grid(grid, JsonCells(tmp_path, 0), Work(SeedRunner, ()), LocalExecutor(1),
+                   may_start=may_start, progress=False)  # fmt: skip
+    assert run.missing == ["a"]
+    assert load_partial(tmp_path, first, 0) is None  # the unit's file replaces its checkpoint
+    assert (tmp_path / "cells" / "a.units" / "0.json").is_file()
+    seconds = json.loads((tmp_path / "timings.json").read_text())["cells"]["a"]
+    assert 1000.0 <= seconds < 1100.0
+    run_grid(grid, JsonCells(tmp_path, 0), Work(SeedRunner, ()), LocalExecutor(1), progress=False)
+    assert not (tmp_path / "cells" / "a.units").exists()
+    assert json.loads((tmp_path / "timings.json").read_text())["cells"]["a"] < 1100.0
 
 
 def test_other_settings_are_refused(tmp_path: Path) -> None:
