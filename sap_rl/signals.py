@@ -21,7 +21,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into :class:`KeyboardInterrupt` inside the block, as Ctrl-C.
 
     A killed run then ends like an interrupted one: it keeps its last checkpoint and
-    ``--resume`` continues it (``sap-rl train``, ``sap-rl prune``, ``sap-rl vision prune``).
+    ``--resume`` continues it (``sap-rl train``, ``sap-rl prune``, ``sap-rl vision prune``), or
+    rerunning the same command does (``sap-rl evaluate``).
 
     Example:
         >>> with sigterm_as_interrupt():

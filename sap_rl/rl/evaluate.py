@@ -82,6 +82,7 @@ from sap_rl.rl.evaluate_cells import (
 from sap_rl.rl.games import Game, resolve_game
 from sap_rl.rl.play import GameRecord, play_matched_games, random_policy
 from sap_rl.sanity import sanity_checks
+from sap_rl.signals import sigterm_as_interrupt
 from sap_rl.stats import paired_differences, with_worst
 
 __all__ = ["EvalResult", "evaluate"]
@@ -168,8 +169,9 @@ def evaluate(
         restore_threads = set_threads(config.threads) if config.threads else None
         try:
             random_score, random_source = _random_score(card, config, game, out_dir)
-            run = run_grid(units_of(config, cells), files, work, executor, may_start=may_start,
-                           on_cell=on_cell, progress=progress)  # fmt: skip
+            with sigterm_as_interrupt():  # a scheduler's stop keeps what Ctrl-C keeps
+                run = run_grid(units_of(config, cells), files, work, executor,
+                               may_start=may_start, on_cell=on_cell, progress=progress)  # fmt: skip
         finally:
             if restore_threads is not None:
                 set_threads(*restore_threads)

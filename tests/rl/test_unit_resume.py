@@ -7,7 +7,6 @@ about 30-60 agent steps; states go through JSON as they do through the checkpoin
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -163,16 +162,18 @@ def test_a_killed_evaluate_continues_inside_its_unit(net: QNetwork, tmp_path: Pa
     cut = tmp_path / "cut"
     partial = cut / "cells" / "sap-100__pgd-10-eot__2.units" / "0.partial.json"
     process = subprocess.Popen([*command, "--out", str(cut)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while not partial.is_file() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert partial.is_file(), "no checkpoint was written"
         time.sleep(0.6)  # a later checkpoint, mid-game
-        os.killpg(process.pid, signal.SIGKILL)
+        process.send_signal(signal.SIGTERM)  # a scheduler's stop: ends as Ctrl-C does
     finally:
-        process.wait()
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted; finished results are kept" in stderr
     state = json.loads(partial.read_text())
     assert state["seconds"] > 0 and state["state"]["play"]["actions"]  # stopped mid-game
     subprocess.run([*command, "--out", str(cut)], check=True, capture_output=True)
