@@ -22,10 +22,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -48,6 +49,7 @@ __all__ = [
     "GamePolicy",
     "GameRecord",
     "PlayState",
+    "ResumeError",
     "agent_policy",
     "game_progress",
     "greedy_policy",
@@ -76,35 +78,61 @@ class GameRecord:
     truncated: bool = False
 
 
+class ResumeError(ValueError):
+    """A saved state that does not continue these games (other settings, a damaged file, an
+    emulator that replays differently)."""
+
+
 @dataclass
 class PlayState:
     """Where :func:`play_matched_games` stands between two steps: enough to continue it exactly.
 
     The envs are not saved: a running game is rebuilt by resetting its env with the game's seed
-    and replaying its actions (the emulator and its sticky actions are seeded by the reset).
+    and replaying its actions (the emulator and its sticky actions are seeded by the reset), and
+    checked against the digest of the frames it had reached.
 
     Attributes:
         next_game: the next game to start.
         playing: per env slot, the game it plays (``None``: idle).
         actions: per running game, its actions so far.
         records: the finished games.
+        digests: per running game, :func:`frame_digest` of its current observation (filled by
+            :meth:`with_digests`; checked on resume where given).
+        observations: per env slot, its current observation (live, while playing).
     """
 
     next_game: int
     playing: list[int | None]
     actions: dict[int, list[int]]
     records: dict[int, GameRecord]
+    digests: dict[int, str] = field(default_factory=dict)
+    observations: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
+
+    def running_digests(self) -> dict[int, str]:
+        """:func:`frame_digest` of each running game's current observation."""
+        return {g: frame_digest(self.observations[slot])
+                for slot, g in enumerate(self.playing) if g is not None}  # fmt: skip
 
     def check(self, n_envs: int, first: int, n_games: int) -> None:
-        """Raise ``ValueError`` unless this is a state of ``n_games`` games from ``first`` on
-        ``n_envs`` envs."""
+        """Raise :class:`ResumeError` unless this is a state of ``n_games`` games from ``first``
+        on ``n_envs`` envs."""
         running = [g for g in self.playing if g is not None]
         known = set(running) | set(self.records)
         if (len(self.playing) != n_envs or len(set(running)) != len(running)
                 or set(running) != set(self.actions)
                 or not known <= set(range(first, first + n_games))
                 or not first <= self.next_game <= first + n_games):  # fmt: skip
-            raise ValueError("the state to resume is not one of these games")
+            raise ResumeError("the state to resume is not one of these games")
+
+
+def frame_digest(observation: np.ndarray) -> str:
+    """A short digest of an observation's bytes (a replayed game must reach the same frames).
+
+    Example:
+        >>> frame_digest(np.zeros((4, 84, 84), np.uint8))
+        '58addadd982be004'
+    """
+    return hashlib.sha256(np.ascontiguousarray(observation).tobytes()).hexdigest()[:16]
 
 
 def agent_policy(
@@ -212,8 +240,9 @@ def play_matched_games(
         on_game: called with each game as it finishes (in finishing order), e.g. the callback of
             :func:`game_progress`.
         resume: continue from this state (one that ``on_step`` got from a call with the same
-            arguments): its running games are replayed, then play goes on. With the policy's
-            random state restored as it was at that step, the games equal an uninterrupted run.
+            arguments): its running games are replayed (and checked against its ``digests``),
+            then play goes on. With the policy's random state restored as it was at that step,
+            the games equal an uninterrupted run. :class:`ResumeError` if it does not fit.
         on_step: called after every step with the current state (a live object: copy what you
             keep).
 
@@ -231,6 +260,7 @@ def play_matched_games(
     state = resume or PlayState(first, [None] * len(envs), {}, {})
     playing = state.playing
     obs: list[np.ndarray] = [np.empty(0, np.uint8)] * len(envs)
+    state.observations = obs
 
     def start(slot: int) -> None:
         playing[slot] = None
@@ -248,7 +278,9 @@ def play_matched_games(
         resume.check(len(envs), first, n_games)
         for slot, game in enumerate(resume.playing):
             if game is not None:
-                obs[slot] = _replay(envs[slot], seed + game, resume.actions[game])
+                obs[slot] = _replay(envs[slot], seed + game, resume.actions[game],
+                                    resume.digests.get(game))  # fmt: skip
+        resume.digests = {}  # checked; from now on, the live observations' digests
     while any(g is not None for g in playing):
         active = [slot for slot, g in enumerate(playing) if g is not None]
         games = [playing[slot] for slot in active]
@@ -280,14 +312,23 @@ def play_matched_games(
     return [state.records[g] for g in range(first, first + n_games)]
 
 
-def _replay(env: gym.Env, seed: int, actions: Sequence[int]) -> np.ndarray:
-    """Reset ``env`` with ``seed``, replay ``actions`` and return the observation they lead to."""
+def _replay(env: gym.Env, seed: int, actions: Sequence[int], digest: str | None) -> np.ndarray:
+    """Reset ``env`` with ``seed``, replay ``actions`` and return the observation they lead to.
+
+    Raises:
+        ResumeError: the game ended during the replay, or reached other frames than ``digest``.
+    """
     observation, _ = env.reset(seed=seed)
     for action in actions:
         observation, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
-            raise RuntimeError("a replayed game ended early: the env is not deterministic")
-    return np.asarray(observation)
+            raise ResumeError("a replayed game ended early: this emulator plays it differently")
+    observation = np.asarray(observation)
+    if digest is not None and frame_digest(observation) != digest:
+        raise ResumeError(
+            "a replayed game reached other frames: this emulator plays it differently"
+        )
+    return observation
 
 
 def _step_envs(envs: Sequence[gym.Env], actions: np.ndarray) -> list[tuple[Any, ...]]:

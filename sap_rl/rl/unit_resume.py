@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from sap_rl.rl.perturb import ObservationAttack, StepCounts
-from sap_rl.rl.play import GameRecord, PlayState
+from sap_rl.rl.play import GameRecord, PlayState, ResumeError
 from sap_rl.sap import stochastic_modules
 
 __all__ = [
@@ -46,10 +46,6 @@ __all__ = [
     "random_state",
     "restore_random_state",
 ]
-
-
-class ResumeError(ValueError):
-    """A saved unit state that does not fit the unit (other settings, a damaged file)."""
 
 
 #: One character per action (Atari has at most 18): a 27,000-step game is 27 kB of text.
@@ -62,13 +58,14 @@ def encode_play_state(state: PlayState) -> dict[str, Any]:
 
     Example:
         >>> encode_play_state(PlayState(3, [2, None], {2: [0, 17]}, {}))
-        {'next_game': 3, 'playing': [2, None], 'actions': {'2': '0h'}, 'records': []}
+        {'next_game': 3, 'playing': [2, None], 'actions': {'2': '0h'}, 'records': [], 'digests': {}}
     """
     return {
         "next_game": state.next_game,
         "playing": list(state.playing),
         "actions": {str(g): _encode_actions(a) for g, a in state.actions.items()},
         "records": [asdict(record) for _, record in sorted(state.records.items())],
+        "digests": {str(g): d for g, d in _digests(state).items()},
     }
 
 
@@ -82,7 +79,7 @@ def decode_play_state(data: Any, n_envs: int, first: int, n_games: int) -> PlayS
     Example:
         >>> data = encode_play_state(PlayState(3, [2, None], {2: [0, 17]}, {}))
         >>> decode_play_state(data, 2, 0, 4)
-        PlayState(next_game=3, playing=[2, None], actions={2: [0, 17]}, records={})
+        PlayState(next_game=3, playing=[2, None], actions={2: [0, 17]}, records={}, digests={})
     """
     try:
         records = [GameRecord(**record) for record in data["records"]]
@@ -91,6 +88,7 @@ def decode_play_state(data: Any, n_envs: int, first: int, n_games: int) -> PlayS
             playing=[None if g is None else int(g) for g in data["playing"]],
             actions={int(g): [int(a, 36) for a in text] for g, text in data["actions"].items()},
             records={record.episode: record for record in records},
+            digests={int(g): str(d) for g, d in data.get("digests", {}).items()},
         )
         state.check(n_envs, first, n_games)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -173,6 +171,11 @@ def _restore(
     attack.counts.update({int(g): StepCounts(*c) for g, c in data["counts"].items()})
     model_device = device or torch.device("cpu")
     attack._seen = {int(g): _from_frames(f, model_device) for g, f in data["seen"].items()}
+
+
+def _digests(state: PlayState) -> dict[int, str]:
+    """The running games' frame digests: of the live observations while playing."""
+    return state.running_digests() if state.observations else state.digests
 
 
 def _encode_actions(actions: list[int]) -> str:

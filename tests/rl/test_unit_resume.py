@@ -26,7 +26,7 @@ from sap_rl.rl.evaluate_cells import GamePlayer, make_envs, play_unit, units_of
 from sap_rl.rl.games import resolve_game
 from sap_rl.rl.perturb import StepCounts
 from sap_rl.rl.play import PlayState, make_eval_envs, play_matched_games, preprocessing_for
-from sap_rl.rl.unit_resume import ResumeError
+from sap_rl.rl.unit_resume import ResumeError, decode_play_state, encode_play_state
 
 GAME = "Assault"
 N_ACTIONS = 7
@@ -93,14 +93,17 @@ def test_play_matched_games_resumes_with_slots_reused_and_idle() -> None:
     states: list[PlayState] = []
 
     def keep(state: PlayState) -> None:
-        states.append(PlayState(state.next_game, list(state.playing),
-                                {g: list(a) for g, a in state.actions.items()},
-                                dict(state.records)))  # fmt: skip
+        states.append(decode_play_state(encode_play_state(state), 2, 0, 3))
 
     games = play_matched_games(envs, policy, 3, seed=7, on_step=keep)
     late = next(s for s in states if s.playing.count(None) == 1 and s.actions.get(2))
     again = play_matched_games(envs, policy, 3, seed=7, resume=late)
     assert again == games
+    # A replay that reaches other frames (here: one action changed) is refused, not continued.
+    early = next(s for s in states if len(s.actions.get(0, [])) == 5)
+    early.actions[0][2] = (early.actions[0][2] + 1) % 6
+    with pytest.raises(ResumeError, match="other frames"):
+        play_matched_games(envs, policy, 3, seed=7, resume=early)
 
 
 def test_a_state_of_other_games_is_refused(net: QNetwork) -> None:
@@ -136,10 +139,15 @@ def test_a_player_continues_from_its_checkpoint_file(net: QNetwork, tmp_path: Pa
         assert sum(reported) == len(games)
         kept = load_partial(tmp_path, unit, {"seed": 0})
         assert kept is not None and kept[1] >= 9.0  # later checkpoints add this run's seconds
-    # A damaged checkpoint: the unit is played afresh, to the same games.
-    save_partial(tmp_path, unit, {"device": "cpu", "play": {}, "random": {}}, {"seed": 0}, 9.0)
-    result = player(unit, lambda _: None)
-    assert [{k: g[k] for k in games[0]} for g in result] == games
+    # A damaged checkpoint, or one this emulator replays to other frames: the unit is played
+    # afresh, to the same games.
+    tampered = json.loads(json.dumps(saved[5]))
+    tampered["play"]["digests"]["0"] = "0" * 16
+    bad_states: list[dict[str, Any]] = [{"play": {}, "random": {}}, tampered]
+    for bad in bad_states:
+        save_partial(tmp_path, unit, bad | {"device": "cpu"}, {"seed": 0}, 9.0)
+        result = player(unit, lambda _: None)
+        assert [{k: g[k] for k in games[0]} for g in result] == games
     player.close()
 
 
