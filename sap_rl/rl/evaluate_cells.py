@@ -267,6 +267,9 @@ class GamePlayer:
                 kept = None  # another device's generators: play the unit afresh
             resume = None if kept is None else kept[0]
             earlier, started = (0.0 if kept is None else kept[1]), time.perf_counter()
+            if kept is not None:
+                logger.info("%s: continuing from its checkpoint (%.0f s of work kept)",
+                            unit.key, earlier)  # fmt: skip
 
             def save(state: dict[str, Any]) -> None:
                 seconds = earlier + time.perf_counter() - started
