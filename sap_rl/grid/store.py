@@ -98,11 +98,8 @@ def _units_dir(out: Path, cell: str) -> Path:
 
 def save_unit(out: Path, unit: Unit, result: Any, fingerprint: Any) -> None:
     """Keep a finished unit of an unfinished cell (``result`` JSON-able) until its cell is done."""
-    atomic_write_json(
-        _units_dir(out, unit.cell) / f"{unit.index}.json",
-        {"unit": [unit.index, unit.count, unit.start, unit.stop], "fingerprint": fingerprint,
-         "result": result},
-    )  # fmt: skip
+    _write_unit_file(_units_dir(out, unit.cell) / f"{unit.index}.json", unit, fingerprint,
+                     {"result": result})  # fmt: skip
 
 
 def load_units(out: Path, units: list[Unit], fingerprint: Any) -> dict[int, Any]:
@@ -112,15 +109,10 @@ def load_units(out: Path, units: list[Unit], fingerprint: Any) -> dict[int, Any]
     """
     found: dict[int, Any] = {}
     for unit in units:
-        path = _units_dir(out, unit.cell) / f"{unit.index}.json"
-        if not path.is_file():
-            continue
-        with contextlib.suppress(UserError):
-            data = read_json(path)
-            expected = [unit.index, unit.count, unit.start, unit.stop]
-            if (isinstance(data, dict) and data.get("unit") == expected
-                    and data.get("fingerprint") == fingerprint and "result" in data):  # fmt: skip
-                found[unit.index] = data["result"]
+        data = _read_unit_file(_units_dir(out, unit.cell) / f"{unit.index}.json", unit,
+                               fingerprint)  # fmt: skip
+        if data is not None and "result" in data:
+            found[unit.index] = data["result"]
     return found
 
 
@@ -138,26 +130,36 @@ def save_partial(out: Path, unit: Unit, state: Any, fingerprint: Any, seconds: f
         >>> load_partial(out, unit, {"seed": 0}), load_partial(out, unit, {"seed": 1})
         (({'step': 7}, 12.5), None)
     """
-    atomic_write_json(
-        _partial_path(out, unit),
-        {"unit": [unit.index, unit.count, unit.start, unit.stop], "fingerprint": fingerprint,
-         "seconds": round(seconds, 3), "state": state},
-    )  # fmt: skip
+    _write_unit_file(_partial_path(out, unit), unit, fingerprint,
+                     {"seconds": round(seconds, 3), "state": state})  # fmt: skip
 
 
 def load_partial(out: Path, unit: Unit, fingerprint: Any) -> tuple[Any, float] | None:
     """The state and work seconds of ``unit``'s checkpoint, ``None`` if there is none of these
     settings (a checkpoint of other settings or another split is ignored)."""
-    path = _partial_path(out, unit)
+    data = _read_unit_file(_partial_path(out, unit), unit, fingerprint)
+    if data is None or "state" not in data or not isinstance(data.get("seconds"), int | float):
+        return None
+    return data["state"], float(data["seconds"])
+
+
+def _write_unit_file(path: Path, unit: Unit, fingerprint: Any, payload: dict[str, Any]) -> None:
+    """A unit's file: which unit of which split, the settings, then ``payload`` (atomic JSON)."""
+    atomic_write_json(path, {"unit": [unit.index, unit.count, unit.start, unit.stop],
+                             "fingerprint": fingerprint, **payload})  # fmt: skip
+
+
+def _read_unit_file(path: Path, unit: Unit, fingerprint: Any) -> dict[str, Any] | None:
+    """The contents of :func:`_write_unit_file`'s file if it is one of ``unit`` made with
+    ``fingerprint``; ``None`` if missing, unreadable or of other settings or another split."""
     if not path.is_file():
         return None
     with contextlib.suppress(UserError):
         data = read_json(path)
         expected = [unit.index, unit.count, unit.start, unit.stop]
         if (isinstance(data, dict) and data.get("unit") == expected
-                and data.get("fingerprint") == fingerprint and "state" in data
-                and isinstance(data.get("seconds"), int | float)):  # fmt: skip
-            return data["state"], float(data["seconds"])
+                and data.get("fingerprint") == fingerprint):  # fmt: skip
+            return data
     return None
 
 

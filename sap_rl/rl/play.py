@@ -96,8 +96,9 @@ class PlayState:
         playing: per env slot, the game it plays (``None``: idle).
         actions: per running game, its actions so far.
         records: the finished games.
-        digests: per running game, :func:`frame_digest` of its current observation (filled by
-            :meth:`with_digests`; checked on resume where given).
+        digests: per running game, :func:`frame_digest` of the observation its actions lead to
+            (a saved state's, checked when it is resumed; :meth:`running_digests` gives the live
+            ones).
         observations: per env slot, its current observation (live, while playing).
     """
 
@@ -280,7 +281,6 @@ def play_matched_games(
             if game is not None:
                 obs[slot] = _replay(envs[slot], seed + game, resume.actions[game],
                                     resume.digests.get(game))  # fmt: skip
-        resume.digests = {}  # checked; from now on, the live observations' digests
     while any(g is not None for g in playing):
         active = [slot for slot, g in enumerate(playing) if g is not None]
         games = [playing[slot] for slot in active]
