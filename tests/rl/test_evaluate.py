@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,24 +26,6 @@ from sap_rl.rl.play import agent_policy, play_matched_games, play_wrapped, rando
 
 GAME = "Assault"
 N_ACTIONS = 7
-
-
-@pytest.fixture(scope="module")
-def net() -> QNetwork:
-    torch.manual_seed(0)
-    return QNetwork(N_ACTIONS).eval()
-
-
-def _save(folder: Path, net: QNetwork, *, random_score: float | None = -5.0) -> Path:
-    card = AgentCard(name=folder.name, game=GAME, env_id=f"ALE/{GAME}-v5",
-                     clean_score=Score(30.0, 5.0, 3), random_score=random_score)  # fmt: skip
-    save_agent(folder, net, card)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def agent_dir(tmp_path_factory: pytest.TempPathFactory, net: QNetwork) -> Path:
-    return _save(tmp_path_factory.mktemp("agents") / "assault-test", net)
 
 
 def _envs(n: int, max_steps: int) -> list:
@@ -226,9 +209,10 @@ def test_settings_that_change_the_games_are_refused_for_an_existing_out(
 
 
 def test_random_score_is_measured_once_and_cached(
-    tmp_path: Path, net: QNetwork, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    agent = _save(tmp_path / "no-random", net, random_score=None)
+    tmp_path: Path, net: QNetwork, monkeypatch: pytest.MonkeyPatch,
+    save_assault_agent: Callable[..., Path],
+) -> None:  # fmt: skip
+    agent = save_assault_agent(tmp_path / "no-random", net, random_score=None)
     out = tmp_path / "eval"
     cfg = _config(agent, defenses=["dense"], eps=[0], random_episodes=2)
     evaluate(cfg, out, progress=False)
@@ -263,10 +247,10 @@ def test_stochastic_defense_options_run(agent_dir: Path, tmp_path: Path) -> None
 
 
 def test_bad_agents_fail_before_anything_is_written(
-    agent_dir: Path, tmp_path: Path, net: QNetwork
+    agent_dir: Path, tmp_path: Path, net: QNetwork, save_assault_agent: Callable[..., Path]
 ) -> None:
     out = tmp_path / "eval"
-    broken = _save(tmp_path / "broken", net)
+    broken = save_assault_agent(tmp_path / "broken", net)
     (broken / "model.safetensors").unlink()
     cases = [
         (_config(broken), "missing model.safetensors"),

@@ -20,12 +20,6 @@ N_ACTIONS = 7
 
 
 @pytest.fixture(scope="module")
-def net() -> QNetwork:
-    torch.manual_seed(0)
-    return QNetwork(N_ACTIONS).eval()
-
-
-@pytest.fixture(scope="module")
 def frames() -> torch.Tensor:
     """Real frame stacks from the game (with black and white pixels), as float pixel units."""
     env = make_env(GAME, seed=3, training=False)

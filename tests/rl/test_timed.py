@@ -12,7 +12,7 @@ import torch
 
 from sap_rl.cli import main
 from sap_rl.errors import UserError
-from sap_rl.rl.agent import AgentCard, QNetwork, Score, save_agent
+from sap_rl.rl.agent import QNetwork
 from sap_rl.rl.envs import obs_to_tensor
 from sap_rl.rl.eval_config import AtariEvalConfig
 from sap_rl.rl.evaluate import evaluate
@@ -20,12 +20,6 @@ from sap_rl.rl.perturb import ObservationAttack
 from sap_rl.rl.play import make_eval_envs, play_matched_games, preprocessing_for
 
 GAME = "Assault"
-
-
-@pytest.fixture(scope="module")
-def net() -> QNetwork:
-    torch.manual_seed(0)
-    return QNetwork(7).eval()
 
 
 def _preference(net: QNetwork, x: torch.Tensor) -> torch.Tensor:
@@ -89,13 +83,6 @@ def test_bad_settings(settings: dict, message: str) -> None:
     assert message in str(err.value)
 
 
-def _agent(folder: Path, net: QNetwork) -> Path:
-    card = AgentCard(name=folder.name, game=GAME, env_id=f"ALE/{GAME}-v5",
-                     clean_score=Score(30.0, 5.0, 3), random_score=-5.0)  # fmt: skip
-    save_agent(folder, net, card)
-    return folder
-
-
 @pytest.mark.parametrize(
     ("yaml", "flags", "message"),
     [
@@ -108,10 +95,10 @@ def _agent(folder: Path, net: QNetwork) -> Path:
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(
-    net: QNetwork, tmp_path: Path, capsys: pytest.CaptureFixture[str], yaml: str,
+    agent_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], yaml: str,
     flags: list[str], message: str,
 ) -> None:  # fmt: skip
-    agent = _agent(tmp_path / "agent", net)
+    agent = agent_dir
     config = tmp_path / "eval.yaml"
     config.write_text(yaml or "seed: 0\n")
     out = tmp_path / "out"
@@ -126,9 +113,9 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(
 
 
 def test_evaluate_records_attacked_fraction_and_action_change(
-    net: QNetwork, tmp_path: Path
+    agent_dir: Path, tmp_path: Path
 ) -> None:
-    agent = _agent(tmp_path / "agent", net)
+    agent = agent_dir
     config = AtariEvalConfig(
         agent=str(agent), defenses=["dense"], attacks=["fgsm", "timed-fgsm"], eps=[8],
         episodes=2, n_envs=2, max_steps=20, timed_budget=0.5,

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from sap_rl.grid.store import load_partial, save_partial
-from sap_rl.rl.agent import AgentCard, QNetwork, Score, save_agent
+from sap_rl.rl.agent import QNetwork
 from sap_rl.rl.eval_config import AtariEvalConfig, Cell
 from sap_rl.rl.evaluate_cells import GamePlayer, make_envs, play_unit, units_of
 from sap_rl.rl.games import resolve_game
@@ -29,13 +29,6 @@ from sap_rl.rl.play import PlayState, make_eval_envs, play_matched_games, prepro
 from sap_rl.rl.unit_resume import ResumeError, decode_play_state, encode_play_state
 
 GAME = "Assault"
-N_ACTIONS = 7
-
-
-@pytest.fixture(scope="module")
-def net() -> QNetwork:
-    torch.manual_seed(0)
-    return QNetwork(N_ACTIONS).eval()
 
 
 def _play(
@@ -151,17 +144,9 @@ def test_a_player_continues_from_its_checkpoint_file(net: QNetwork, tmp_path: Pa
     player.close()
 
 
-def _agent(folder: Path, net: QNetwork) -> Path:
-    card = AgentCard(name=folder.name, game=GAME, env_id=f"ALE/{GAME}-v5",
-                     clean_score=Score(30.0, 5.0, 3), random_score=-5.0)  # fmt: skip
-    save_agent(folder, net, card)
-    return folder
-
-
 @pytest.mark.slow
-def test_a_killed_evaluate_continues_inside_its_unit(net: QNetwork, tmp_path: Path) -> None:
-    agent = _agent(tmp_path / "agent", net)
-    command = [sys.executable, "-m", "sap_rl.cli", "evaluate", "--agent", str(agent),
+def test_a_killed_evaluate_continues_inside_its_unit(agent_dir: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "sap_rl.cli", "evaluate", "--agent", str(agent_dir),
                "--defense", "sap-100", "--attack", "pgd-10-eot", "--eps", "2", "--episodes", "2",
                "--n-envs", "2", "--max-steps", "150", "--eot-samples", "4", "--quiet",
                "--threads", "1", "--checkpoint-every", "0.5"]  # fmt: skip
