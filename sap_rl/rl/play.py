@@ -316,8 +316,11 @@ def _replay(env: gym.Env, seed: int, actions: Sequence[int], digest: str | None)
     """Reset ``env`` with ``seed``, replay ``actions`` and return the observation they lead to.
 
     Raises:
-        ResumeError: the game ended during the replay, or reached other frames than ``digest``.
+        ResumeError: an action the env does not have, the game ended during the replay, or it
+            reached other frames than ``digest``.
     """
+    if not all(env.action_space.contains(action) for action in actions):
+        raise ResumeError("a saved game holds actions this env does not have")
     observation, _ = env.reset(seed=seed)
     for action in actions:
         observation, _, terminated, truncated, _ = env.step(action)

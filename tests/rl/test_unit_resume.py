@@ -97,6 +97,9 @@ def test_play_matched_games_resumes_with_slots_reused_and_idle() -> None:
     early.actions[0][2] = (early.actions[0][2] + 1) % 6
     with pytest.raises(ResumeError, match="other frames"):
         play_matched_games(envs, policy, 3, seed=7, resume=early)
+    early.actions[0][2] = 35  # a damaged file: Pong has 6 actions
+    with pytest.raises(ResumeError, match="actions this env does not have"):
+        play_matched_games(envs, policy, 3, seed=7, resume=early)
 
 
 def test_a_state_of_other_games_is_refused(net: QNetwork) -> None:
