@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import queue
 import signal
@@ -106,6 +107,16 @@ def _start_worker(
         initializer(*initargs)
 
 
+def _run_job(job: Callable[[T], R], item: T) -> R:
+    try:
+        return job(item)
+    except KeyboardInterrupt:
+        # Workers ignore SIGINT, so the job stopped on a SIGTERM after saving its state
+        # (sap_rl.signals.stop_between_steps): end the worker as SIGTERM asks, at once. The pool
+        # would catch SystemExit and wait for the next job.
+        os._exit(128 + signal.SIGTERM)
+
+
 def post_event(event: Any) -> None:
     """Send ``event`` (picklable) to the parent's ``on_event``; does nothing outside a worker."""
     if _events is not None:
@@ -122,6 +133,20 @@ def _drain(events: Any, on_event: Callable[[Any], None] | None) -> None:
             on_event(event)
 
 
+def _stop_processes(processes: list[Any], grace_s: float) -> None:
+    """SIGTERM to each process, then SIGKILL to those still running ``grace_s`` seconds later."""
+    for process in processes:
+        process.terminate()
+    # Sentinels, not join(): the pool's own thread reaps these processes.
+    waiting = {process.sentinel: process for process in processes}
+    deadline = time.monotonic() + grace_s
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        for sentinel in mp_connection.wait(list(waiting), timeout=left):
+            del waiting[sentinel]
+    for process in waiting.values():
+        process.kill()
+
+
 def run_jobs(
     job: Callable[[T], R],
     items: Iterable[T],
@@ -132,6 +157,7 @@ def run_jobs(
     may_start: Callable[[], bool] = lambda: True,
     on_event: Callable[[Any], None] | None = None,
     poll_s: float = 0.25,
+    stop_grace_s: float = 30.0,
 ) -> Iterator[tuple[T, R]]:
     """Run ``job(item)`` for each item in ``workers`` processes; yield ``(item, result)`` as done.
 
@@ -148,10 +174,13 @@ def run_jobs(
         may_start: asked before each start; ``False`` stops starting new items.
         on_event: called in the parent with each :func:`post_event` of a worker.
         poll_s: how often events are handed to ``on_event`` while jobs run.
+        stop_grace_s: when the iteration stops early, how long workers may take to end after
+            their SIGTERM (a job saving its state) before they are killed.
 
     Raises:
         Whatever a job raised (the other workers are stopped first). Stopping the iteration early
-        (an exception in the consumer, Ctrl-C) stops the workers without waiting for them.
+        (an exception in the consumer, Ctrl-C) stops the workers without waiting for their jobs:
+        each gets SIGTERM, and ``SIGKILL`` if it still runs ``stop_grace_s`` seconds later.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -168,7 +197,7 @@ def run_jobs(
         while pending or running:
             while pending and len(running) < workers and may_start():
                 item = pending.pop()
-                running[pool.submit(job, item)] = item
+                running[pool.submit(_run_job, job, item)] = item
             if not running:
                 break
             finished, _ = wait(running, timeout=poll_s, return_when=FIRST_COMPLETED)
@@ -179,9 +208,9 @@ def run_jobs(
         clean_exit = True
     finally:
         if not clean_exit:
-            # Jobs still running may take hours: stop their processes instead of waiting.
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()
+            # Jobs still running may take hours: stop their processes instead of waiting for
+            # them. SIGTERM lets a job save its state first (sap_rl.signals.stop_between_steps).
+            _stop_processes(list(getattr(pool, "_processes", {}).values()), stop_grace_s)
         pool.shutdown(wait=True, cancel_futures=True)
         _drain(events, on_event if clean_exit else None)
         events.close()

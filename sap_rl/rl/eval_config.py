@@ -76,7 +76,8 @@ class AtariEvalConfig:
             not ``gymnasium``.
         checkpoint_every: seconds between two checkpoints inside a unit (local backend): a
             stopped run continues a long unit from its last checkpoint, to the same games
-            (:mod:`sap_rl.rl.unit_resume`). Never changes a game.
+            (:mod:`sap_rl.rl.unit_resume`). A SIGTERM or Ctrl-C also saves one, at the end of
+            the step; this bounds the work a hard kill loses. Never changes a game.
     """
 
     agent: str | None = None

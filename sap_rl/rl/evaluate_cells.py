@@ -66,6 +66,7 @@ from sap_rl.rl.unit_resume import (
     random_state,
     restore_random_state,
 )
+from sap_rl.signals import stop_between_steps
 
 __all__ = [
     "EPISODE_COLUMNS",
@@ -180,7 +181,9 @@ def play_unit(
             continues from it (:mod:`sap_rl.rl.unit_resume`) to the same games. A state that
             does not fit raises :class:`~sap_rl.rl.unit_resume.ResumeError` before any play.
         save: called with the unit's JSON-able state every ``config.checkpoint_every`` seconds
-            (between two steps).
+            (between two steps). With ``save``, a SIGTERM or Ctrl-C during play waits for the
+            end of the step, saves it and raises :class:`KeyboardInterrupt`
+            (:func:`sap_rl.signals.stop_between_steps`); a second one interrupts at once.
     """
     seed = unit_seed(config.seed, cell, unit)
     model = parse_defense(cell.defense).apply(net).to(device).eval()
@@ -202,17 +205,24 @@ def play_unit(
     policy = agent_policy(attack, device=device, epsilon=config.epsilon, seed=config.seed,
                           rngs=rngs)  # fmt: skip
     on_step = None
+    stopping: contextlib.AbstractContextManager[Callable[[], bool]]
+    stopping = contextlib.nullcontext(lambda: False)
     if save is not None:
         saved = time.monotonic()
+        # A stop (SIGTERM, Ctrl-C) waits for the end of the step and saves it: nothing is lost.
+        stopping = stop_between_steps()
 
         def on_step(state: PlayState) -> None:
             nonlocal saved
-            if time.monotonic() - saved >= config.checkpoint_every:
+            stop = stop_requested()
+            if stop or time.monotonic() - saved >= config.checkpoint_every:
                 save({"play": encode_play_state(state),
                       "random": random_state(attack, rngs, device)})  # fmt: skip
                 saved = time.monotonic()
+            if stop:
+                raise KeyboardInterrupt("stopped between two steps; the unit's state is saved")
 
-    with _seeded_torch(seed, device):
+    with _seeded_torch(seed, device), stopping as stop_requested:
         state = None
         if resume is not None:
             if not isinstance(resume, dict) or not {"play", "random"} <= resume.keys():

@@ -87,8 +87,8 @@ def register(subparsers: Any) -> None:
         help="start no new unit after MINUTES; the summary covers the finished cells and "
         "rerunning the same command plays the rest")  # fmt: skip
     add("--checkpoint-every", type=float, metavar="SECONDS",
-        help="a unit's games are checkpointed this often, so a stopped run continues inside its "
-        "units (default: 300; local backend)")  # fmt: skip
+        help="a unit's games are checkpointed this often, and on Ctrl-C or SIGTERM, so a "
+        "stopped run continues inside its units (default: 300; local backend)")  # fmt: skip
     add("--out", metavar="DIR", help="output folder (default: runs/evaluate/<agent>)")
     add("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

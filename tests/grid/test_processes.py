@@ -61,6 +61,69 @@ def test_post_event_outside_a_worker_does_nothing() -> None:
     assert workers._events is None  # and running jobs gave the parent no queue either
 
 
+# Jobs run by exec, as a unit of games is stopped: once SIGTERM asks, the job saves (slowly) and
+# raises KeyboardInterrupt. Each tells the parent its pid once its handler is set.
+_STOPPING_JOB = """
+import os, time
+from pathlib import Path
+from sap_rl.grid.processes import post_event
+from sap_rl.signals import stop_between_steps
+with stop_between_steps() as stop_requested:
+    post_event(os.getpid())
+    while not stop_requested():
+        time.sleep(0.01)
+    time.sleep({save_s})
+    Path({path!r}).write_text("saved")
+    raise KeyboardInterrupt
+"""
+_STUCK_JOB = """
+import os, signal, time
+from sap_rl.grid.processes import post_event
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+post_event(os.getpid())
+time.sleep(60)
+"""
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_when_running(jobs: list[str], grace_s: float) -> tuple[list[int], float]:
+    """Run ``jobs`` on one worker each, stop the parent once all run; the pids and stop seconds."""
+    pids: list[int] = []
+    stopped = 0.0
+
+    def on_event(pid: int) -> None:
+        nonlocal stopped
+        pids.append(pid)
+        if len(pids) == len(jobs):
+            stopped = time.monotonic()
+            raise _Stop  # the parent stops (as on Ctrl-C) while every job runs
+
+    with pytest.raises(_Stop):
+        list(run_jobs(exec, jobs, workers=len(jobs), on_event=on_event, stop_grace_s=grace_s))
+    return pids, time.monotonic() - stopped
+
+
+def test_stopped_jobs_save_and_their_workers_end(tmp_path: Path) -> None:
+    # The first worker to end breaks the pool, whose thread then sends the other a second SIGTERM:
+    # it must still finish saving.
+    saved = [tmp_path / "a", tmp_path / "b"]
+    delays = (0.2, 1.0)
+    jobs = [_STOPPING_JOB.format(path=str(p), save_s=s) for p, s in zip(saved, delays, strict=True)]
+    pids, seconds = _stop_when_running(jobs, grace_s=30.0)
+    assert [p.read_text() for p in saved] == ["saved", "saved"]
+    assert not any(_running(pid) for pid in pids)
+    assert seconds < 15  # the workers ended once saved, well before the grace period
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() -> None:
+    pids, seconds = _stop_when_running([_STUCK_JOB], grace_s=1.0)
+    assert not _running(pids[0])
+    assert seconds < 15  # not at the end of its 60 s job
+
+
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers must be >= 1"):
         list(run_jobs(abs, [1], workers=0))

@@ -7,6 +7,7 @@ about 30-60 agent steps; states go through JSON as they do through the checkpoin
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -74,6 +75,36 @@ def test_a_unit_continued_from_any_step_plays_the_same_games(
         assert again == games, step
         assert again_counts == counts, step
         assert later == saved[step + 1 :], step  # the same states from there on
+
+
+def test_a_stop_saves_the_unit_at_the_end_of_its_step(net: QNetwork) -> None:
+    # No checkpoint is due (one an hour): the only state saved is the one the stop asks for.
+    config = AtariEvalConfig(defenses=["sap-100"], attacks=["pgd-10-eot"], eps=[2.0], episodes=3,
+                             n_envs=2, max_steps=40, eot_samples=2,
+                             checkpoint_every=3600.0)  # fmt: skip
+    cell = Cell("sap-100", "pgd-10-eot", 2.0)
+    games, counts, _ = _play(net, config, cell)
+    unit = units_of(config, [cell])[cell.name][0]
+    saved: list[dict[str, Any]] = []
+
+    def stop(game: Any) -> None:  # a scheduler's SIGTERM while the unit's second game runs
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def caller(signum: int, frame: Any) -> None:  # not reached while the unit plays
+        raise RuntimeError("SIGTERM interrupted the unit mid-step")
+
+    before = signal.signal(signal.SIGTERM, caller)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="state is saved"):
+            play_unit(net, cell, unit, config, make_envs(resolve_game(GAME), config),
+                      torch.device("cpu"), on_game=stop, counts={},
+                      save=lambda state: saved.append(json.loads(json.dumps(state))))  # fmt: skip
+        assert signal.getsignal(signal.SIGTERM) is caller  # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert len(saved) == 1 and saved[0]["play"]["actions"]  # saved mid-game, once
+    again, again_counts, _ = _play(net, config, cell, resume=saved[0])
+    assert again == games and again_counts == counts  # and it continues to the same games
 
 
 def test_play_matched_games_resumes_with_slots_reused_and_idle() -> None:
@@ -178,3 +209,35 @@ def test_a_killed_evaluate_continues_inside_its_unit(agent_dir: Path, tmp_path: 
     assert not partial.parent.exists()  # the cell is written, its units and checkpoints gone
     timings = json.loads((cut / "timings.json").read_text())["cells"]
     assert timings["sap-100__pgd-10-eot__2"] >= state["seconds"]
+
+
+@pytest.mark.slow
+def test_a_stopped_evaluate_saves_each_running_unit(agent_dir: Path, tmp_path: Path) -> None:
+    # Two workers, and no checkpoint due (one an hour): only the stop can write the checkpoints.
+    command = [sys.executable, "-m", "sap_rl.cli", "evaluate", "--agent", str(agent_dir),
+               "--defense", "sap-100", "--attack", "pgd-10-eot", "--eps", "2", "--episodes", "4",
+               "--n-envs", "2", "--max-steps", "60", "--eot-samples", "2", "--quiet",
+               "--threads", "1", "--workers", "2", "--checkpoint-every", "3600"]  # fmt: skip
+    whole = tmp_path / "whole"
+    subprocess.run([*command, "--out", str(whole)], check=True, capture_output=True)
+    cut = tmp_path / "cut"
+    units = cut / "cells" / "sap-100__pgd-10-eot__2.units"
+    process = subprocess.Popen([*command, "--out", str(cut)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        # The clean cell's file: both workers have just started the attacked cell's two units.
+        clean = cut / "cells" / "sap-100__clean.json"
+        deadline = time.monotonic() + 300
+        while not clean.is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert clean.is_file(), "the clean cell was not written"
+        time.sleep(1.0)  # a few attacked steps into their first games
+        process.send_signal(signal.SIGTERM)
+    finally:
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    states = [json.loads((units / f"{i}.partial.json").read_text()) for i in range(2)]
+    assert all(s["state"]["play"]["actions"] for s in states)  # each saved mid-game on the stop
+    subprocess.run([*command, "--out", str(cut)], check=True, capture_output=True)
+    name = "cells/sap-100__pgd-10-eot__2.json"
+    assert (cut / name).read_bytes() == (whole / name).read_bytes()
