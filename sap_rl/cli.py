@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the full ``sap-rl`` parser with every sub-command registered."""
-    from sap_rl import report_command
+    from sap_rl import report_command, status_command
     from sap_rl.rl import commands as rl_commands
     from sap_rl.vision import commands as vision_commands
 
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     rl_commands.register(subparsers)
     vision_commands.register(subparsers)
     report_command.register(subparsers)
+    status_command.register(subparsers)
     return parser
 
 

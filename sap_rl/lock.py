@@ -46,7 +46,7 @@ from sap_rl.errors import UserError
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["LOCK_FILE", "output_lock", "read_owner"]
+__all__ = ["LOCK_FILE", "current_owner", "output_lock", "read_owner"]
 
 LOCK_FILE = ".lock"
 
@@ -104,6 +104,20 @@ def read_owner(folder: str | os.PathLike[str]) -> dict[str, Any]:
         return _parse_owner(Path(folder, LOCK_FILE).read_bytes())
     except OSError:
         return {}
+
+
+def current_owner(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The owner record of ``folder``'s lock if its process may still run, else ``None``.
+
+    Read-only (it takes no lock, so it never stands in a writer's way): a process of this host
+    is checked by its pid; one of another host (a shared folder) is assumed to run.
+
+    Example:
+        >>> current_owner("no-such-folder") is None
+        True
+    """
+    owner = read_owner(folder)
+    return owner if owner and _is_alive(owner) else None
 
 
 # --------------------------------------------------------------------------- acquiring

@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sap_rl"
 COMMAND_LINE = {
     "sap_rl.cli",
     "sap_rl.report_command",
+    "sap_rl.status_command",
     "sap_rl.rl.commands",
     "sap_rl.rl.evaluate_command",
     "sap_rl.rl.prune_command",

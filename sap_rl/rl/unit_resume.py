@@ -42,6 +42,7 @@ from sap_rl.sap import stochastic_modules
 __all__ = [
     "ResumeError",
     "decode_play_state",
+    "describe_state",
     "encode_play_state",
     "random_state",
     "restore_random_state",
@@ -94,6 +95,28 @@ def decode_play_state(data: Any, n_envs: int, first: int, n_games: int) -> PlayS
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ResumeError(f"not a state of these games ({err})") from None
     return state
+
+
+def describe_state(state: Any, n_games: int) -> str | None:
+    """How far a unit's saved state (``{"play": ..., ...}``) of ``n_games`` games has played, in
+    words; ``None`` if it is not such a state.
+
+    Example:
+        >>> play = encode_play_state(PlayState(3, [2, None], {2: [0, 17, 4]}, {}))
+        >>> describe_state({"play": play}, 3)
+        '0 of 3 games finished, 1 running at 3 agent steps'
+    """
+    try:
+        play = state["play"]
+        done = len(play["records"])
+        steps = sorted(len(actions) for actions in play["actions"].values())
+    except (KeyError, TypeError):
+        return None
+    text = f"{done} of {n_games} games finished"
+    if steps:
+        at = f"{steps[0]:,}" if steps[0] == steps[-1] else f"{steps[0]:,}-{steps[-1]:,}"
+        text += f", {len(steps)} running at {at} agent steps"
+    return text
 
 
 def random_state(

@@ -238,6 +238,11 @@ def test_a_stopped_evaluate_saves_each_running_unit(agent_dir: Path, tmp_path: P
     assert process.returncode == 130, stderr
     states = [json.loads((units / f"{i}.partial.json").read_text()) for i in range(2)]
     assert all(s["state"]["play"]["actions"] for s in states)  # each saved mid-game on the stop
+    status = subprocess.run([sys.executable, "-m", "sap_rl.cli", "status", str(cut)],
+                            check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert "no run writes it now" in status and "finished: 1 cell (sap-100__clean)" in status
+    assert "sap-100__pgd-10-eot__2: 0 of 2 units finished" in status
+    assert status.count(" of 2 games finished") == 2  # the two checkpoints
     subprocess.run([*command, "--out", str(cut)], check=True, capture_output=True)
     name = "cells/sap-100__pgd-10-eot__2.json"
     assert (cut / name).read_bytes() == (whole / name).read_bytes()
