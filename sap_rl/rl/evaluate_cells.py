@@ -183,7 +183,7 @@ def play_unit(
         save: called with the unit's JSON-able state every ``config.checkpoint_every`` seconds
             (between two steps). With ``save``, a SIGTERM or Ctrl-C during play waits for the
             end of the step, saves it and raises :class:`KeyboardInterrupt`
-            (:func:`sap_rl.signals.stop_between_steps`); a second one interrupts at once.
+            (:func:`sap_rl.signals.stop_between_steps`); a second Ctrl-C interrupts at once.
     """
     seed = unit_seed(config.seed, cell, unit)
     model = parse_defense(cell.defense).apply(net).to(device).eval()
