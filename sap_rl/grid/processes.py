@@ -133,14 +133,18 @@ def _drain(events: Any, on_event: Callable[[Any], None] | None) -> None:
             on_event(event)
 
 
-def _stop_processes(processes: list[Any], grace_s: float) -> None:
-    """SIGTERM to each process, then SIGKILL to those still running ``grace_s`` seconds later."""
+def _stop_processes(processes: list[Any], grace_s: float | None) -> None:
+    """SIGTERM to each process, wait for them to end, and SIGKILL those still running
+    ``grace_s`` seconds later (``None``: wait as long as they take)."""
     for process in processes:
         process.terminate()
     # Sentinels, not join(): the pool's own thread reaps these processes.
     waiting = {process.sentinel: process for process in processes}
-    deadline = time.monotonic() + grace_s
-    while waiting and (left := deadline - time.monotonic()) > 0:
+    deadline = None if grace_s is None else time.monotonic() + grace_s
+    while waiting:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
         for sentinel in mp_connection.wait(list(waiting), timeout=left):
             del waiting[sentinel]
     for process in waiting.values():
@@ -157,7 +161,7 @@ def run_jobs(
     may_start: Callable[[], bool] = lambda: True,
     on_event: Callable[[Any], None] | None = None,
     poll_s: float = 0.25,
-    stop_grace_s: float = 30.0,
+    stop_grace_s: float | None = None,
 ) -> Iterator[tuple[T, R]]:
     """Run ``job(item)`` for each item in ``workers`` processes; yield ``(item, result)`` as done.
 
@@ -175,12 +179,15 @@ def run_jobs(
         on_event: called in the parent with each :func:`post_event` of a worker.
         poll_s: how often events are handed to ``on_event`` while jobs run.
         stop_grace_s: when the iteration stops early, how long workers may take to end after
-            their SIGTERM (a job saving its state) before they are killed.
+            their SIGTERM (a job saving its state) before they are killed; ``None`` (the
+            default): as long as they take, since a training checkpoint of gigabytes may take
+            minutes to write (a second Ctrl-C in the parent stops at once).
 
     Raises:
         Whatever a job raised (the other workers are stopped first). Stopping the iteration early
         (an exception in the consumer, Ctrl-C) stops the workers without waiting for their jobs:
-        each gets SIGTERM, and ``SIGKILL`` if it still runs ``stop_grace_s`` seconds later.
+        each gets SIGTERM, ends once it saved what it keeps (a job that handles SIGTERM), and
+        gets ``SIGKILL`` if it still runs ``stop_grace_s`` seconds later.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
