@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import textwrap
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sap_rl.grid.status import FolderStatus
 
 _EXAMPLES = """\
 examples:
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_status(status: Any, *, now: float) -> str:
+def format_status(status: FolderStatus, *, now: float) -> str:
     """The lines ``sap-rl status`` prints for one :class:`~sap_rl.grid.status.FolderStatus`.
 
     Example:
@@ -68,8 +71,7 @@ def format_status(status: Any, *, now: float) -> str:
     owner = status.owner
     writer = (f"pid {owner.get('pid')} on {owner.get('host')} writes it, since "
               f"{owner.get('started')}" if owner else "no run writes it now")  # fmt: skip
-    lines = [f"{status.folder}: " + "".join(f"{a}, " for a in about[:-1])
-             + (f"{about[-1]}; " if about else "") + writer]  # fmt: skip
+    lines = [f"{status.folder}: " + (f"{', '.join(about)}; " if about else "") + writer]
     n = len(status.finished)
     names = f" ({', '.join(status.finished)})" if n else ""
     lines.append(textwrap.fill(f"finished: {n} cell{'s' if n != 1 else ''}{names}", width=100,

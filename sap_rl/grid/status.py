@@ -27,14 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from sap_rl.errors import UserError
-from sap_rl.grid.store import CELLS_DIR, RUN_FILE, TIMINGS_FILE
+from sap_rl.grid.store import CELLS_DIR, PARTIAL_SUFFIX, RUN_FILE, TIMINGS_FILE, UNITS_SUFFIX
 from sap_rl.io import read_json
 from sap_rl.lock import current_owner
 
 __all__ = ["CellStatus", "FolderStatus", "UnitCheckpoint", "folder_status"]
-
-_UNITS_SUFFIX = ".units"
-_PARTIAL_SUFFIX = ".partial.json"
 
 
 @dataclass(frozen=True)
@@ -96,8 +93,8 @@ def folder_status(out: str | Path) -> FolderStatus:
                         "give the --out folder of an evaluation")  # fmt: skip
     finished, unfinished = [], []
     for path in sorted(cells_dir.iterdir()):
-        if path.is_dir() and path.name.endswith(_UNITS_SUFFIX):
-            unfinished.append(_cell_status(path, path.name.removesuffix(_UNITS_SUFFIX)))
+        if path.is_dir() and path.name.endswith(UNITS_SUFFIX):
+            unfinished.append(_cell_status(path, path.name.removesuffix(UNITS_SUFFIX)))
         elif path.is_file() and not path.name.startswith("."):
             finished.append(path.name.rsplit(".", 1)[0])
     # A unit folder outlives its cell's file for a moment (the file is written first).
@@ -120,7 +117,7 @@ def _cell_status(units_dir: Path, name: str) -> CellStatus:
             continue  # damaged, or not a unit file
         index, count, start, stop = unit
         cell.units = count
-        if path.name.endswith(_PARTIAL_SUFFIX):
+        if path.name.endswith(PARTIAL_SUFFIX):
             seconds = data.get("seconds")
             if isinstance(seconds, int | float) and "state" in data:
                 cell.running.append(UnitCheckpoint(index, stop - start, float(seconds), saved,

@@ -39,8 +39,10 @@ from sap_rl.io import atomic_write_json, read_json
 
 __all__ = [
     "CELLS_DIR",
+    "PARTIAL_SUFFIX",
     "RUN_FILE",
     "TIMINGS_FILE",
+    "UNITS_SUFFIX",
     "cell_path",
     "check_run_file",
     "clear_units",
@@ -56,6 +58,8 @@ __all__ = [
 CELLS_DIR = "cells"
 RUN_FILE = "run.json"
 TIMINGS_FILE = "timings.json"
+UNITS_SUFFIX = ".units"  # cells/<cell>.units/: the unit files of an unfinished cell
+PARTIAL_SUFFIX = ".partial.json"  # <i>.partial.json: a checkpoint inside unit i
 
 
 def check_run_file(out: Path, fingerprint: dict[str, Any], *, command: str) -> None:
@@ -93,7 +97,7 @@ def cell_path(out: Path, cell: str, suffix: str = ".json") -> Path:
 
 
 def _units_dir(out: Path, cell: str) -> Path:
-    return out / CELLS_DIR / f"{cell}.units"
+    return out / CELLS_DIR / f"{cell}{UNITS_SUFFIX}"
 
 
 def save_unit(out: Path, unit: Unit, result: Any, fingerprint: Any) -> None:
@@ -117,7 +121,7 @@ def load_units(out: Path, units: list[Unit], fingerprint: Any) -> dict[int, Any]
 
 
 def _partial_path(out: Path, unit: Unit) -> Path:
-    return _units_dir(out, unit.cell) / f"{unit.index}.partial.json"
+    return _units_dir(out, unit.cell) / f"{unit.index}{PARTIAL_SUFFIX}"
 
 
 def save_partial(out: Path, unit: Unit, state: Any, fingerprint: Any, seconds: float) -> None:
